@@ -1,0 +1,123 @@
+"""The durable queue between inbound channels and the dispatcher.
+
+Two backends pass one contract suite (``tests/router/test_queue.py``):
+
+- ``sqlite`` (embedded default): one WAL database file under the state directory; puts waiting
+  at the same moment are committed together in one fsync'd transaction (group commit).
+- ``redis``: one Stream with a consumer group; expired leases are taken over with XAUTOCLAIM;
+  retries wait in a sorted set; unacknowledged entries are never trimmed.
+
+Semantics shared by both:
+
+- ``put`` returns only when the message is durable; ``QueueUnavailable`` otherwise.
+- ``take`` blocks until a message is ready and leases it: hidden from every other taker until
+  ``ack``, ``nack``, ``dead_letter`` or lease expiry (``lease_s``), after which it is taken again
+  with ``attempt`` incremented. A process restarting with the same consumer identity gets its
+  own unsettled leases back at once.
+- ``nack(retry_in_s=...)`` makes it ready again after the delay; when ``attempt`` has reached
+  ``max_attempts`` it goes to dead letters instead, with the reason.
+- dead letters are kept until replayed (``replay``) — never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from router.message import Message
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A message taken from the queue. ``token`` is backend-private; ``attempt`` starts at 1."""
+
+    message: Message
+    token: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that will not be retried until an operator replays it."""
+
+    id: str
+    message: Message
+    reason: str
+    attempts: int
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts for /metrics and the CLI."""
+
+    ready: int
+    leased: int
+    delayed: int
+    dead: int
+
+
+class Queue(Protocol):
+    """A durable at-least-once queue of messages (see the module docstring)."""
+
+    async def put(self, message: Message) -> None:
+        """Return only once the message is durable. Raise ``QueueUnavailable`` otherwise."""
+
+    async def take(self) -> Lease:
+        """Wait for a ready message and lease it. Cancellation while waiting holds nothing."""
+
+    async def ack(self, lease: Lease) -> None:
+        """The message is done: remove it for good."""
+
+    async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
+        """Retry after ``retry_in_s``; dead-letter with ``reason`` once attempts are exhausted."""
+
+    async def dead_letter(self, lease: Lease, *, reason: str) -> None:
+        """Move the message to dead letters now (permanent failure)."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+
+    async def replay(self, ids: list[str] | None = None) -> int:
+        """Make dead letters (all, or ``ids``) ready again with fresh attempts; count them."""
+
+    async def stats(self) -> QueueStats:
+        """Current counts."""
+
+    async def close(self) -> None:
+        """Flush pending puts, release resources. Idempotent."""
+
+
+QueueType = Literal["sqlite", "redis"]
+
+
+async def open_queue(
+    kind: QueueType,
+    *,
+    state_dir: Path,
+    redis_url: str | None = None,
+    consumer: str = "triaged",
+    lease_s: float = 60.0,
+    max_attempts: int = 8,
+    prefix: str = "triaged:",
+) -> Queue:
+    """Open the configured backend (imported lazily so sqlite users need no Redis server)."""
+    if kind == "sqlite":
+        from router.queue.sqlite import SqliteQueue
+
+        return await SqliteQueue.open(
+            state_dir / "queue.sqlite3", lease_s=lease_s, max_attempts=max_attempts
+        )
+    if redis_url is None:
+        raise ValueError("the redis queue needs a redis url")
+    from router.queue.redis import RedisQueue
+
+    return await RedisQueue.open(
+        redis_url,
+        consumer=consumer,
+        lease_s=lease_s,
+        max_attempts=max_attempts,
+        prefix=prefix,
+    )
