@@ -17,8 +17,12 @@ from router.message import Message
 class Sink(Protocol):
     """Where inbound channels put messages."""
 
-    async def put(self, message: Message) -> None:
-        """Return only once the message is durable. Raise ``QueueUnavailable`` otherwise."""
+    async def put(self, message: Message) -> str:
+        """Return the message id only once the message is durable.
+
+        If a message with the same ``dedupe_key`` was queued within the dedupe window, nothing is
+        added and the earlier message's id is returned. Raise ``QueueUnavailable`` otherwise.
+        """
 
 
 class Inbound(Protocol):

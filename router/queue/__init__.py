@@ -62,8 +62,11 @@ class QueueStats:
 class Queue(Protocol):
     """A durable at-least-once queue of messages (see the module docstring)."""
 
-    async def put(self, message: Message) -> None:
-        """Return only once the message is durable. Raise ``QueueUnavailable`` otherwise."""
+    async def put(self, message: Message) -> str:
+        """Return the id once durable; the earlier id for a repeated ``dedupe_key`` (no new entry).
+
+        Raise ``QueueUnavailable`` when the backend cannot take it.
+        """
 
     async def take(self) -> Lease:
         """Wait for a ready message and lease it. Cancellation while waiting holds nothing."""
