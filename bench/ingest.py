@@ -1,0 +1,209 @@
+"""Ingest and end-to-end benchmark of a running triaged daemon, against a bare baseline.
+
+Run by hand (never in CI's pass/fail), from the repository root, after `bash tests/run` or
+`pip install -e .` (needs redis-server and wrk: `apt-get install redis-server wrk`):
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64]
+
+Everything listens on loopback; each server is its own process; wrk is the load generator.
+Printed, each as a ratio to the bare aiohttp handler measured in the same run:
+
+(a) ingest throughput — 202 only after the message is durable — for sqlite and redis, with
+    the workers off (``dispatcher.workers: 0``) so only ingest is measured;
+(b) end-to-end throughput webhook → queue → rules → Maildir: messages delivered per second;
+(c) ingest-to-delivery latency p50/p99 at a paced load (Maildir file time minus the id's
+    millisecond timestamp), beside the bare handler's request latency at the same pace.
+
+Targets (issue 2): redis ingest ≥ 50 %, sqlite ingest ≥ 30 %, end to end ≥ 25 % of the bare
+handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+from ulid import ULID
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.daemon_helpers import README_MESSAGE, write_config  # noqa: E402
+from tests.servers import free_port, redis_server  # noqa: E402
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body   = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wait_port(port: int, path: str = "/") -> None:
+    """Wait (bounded) until something answers HTTP on the port."""
+    for _ in range(1000):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@contextmanager
+def bare_server() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare.py"), str(port)])
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def daemon(workdir: Path, queue: str, workers: int, redis_url: str | None) -> Iterator[int]:
+    port, admin = free_port(), free_port()
+    config = write_config(
+        workdir,
+        queue=queue,
+        redis_url=redis_url,
+        webhook_port=port,
+        admin_port=admin,
+        dispatcher={"workers": workers},
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "router", "run", "-c", str(config)], cwd=REPO)
+    try:
+        wait_port(admin, "/healthz")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
+    """Run wrk against POST /v1/messages; requests/s, 2xx count and latency percentiles."""
+    body = json.dumps(README_MESSAGE, ensure_ascii=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT % body)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name,
+         f"http://127.0.0.1:{port}/v1/messages"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    os.unlink(fh.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    return {"rps": rps, "ok": total - errors, "errors": errors}
+
+
+def count_files(root: Path) -> int:
+    return sum(len(os.listdir(d / "new")) for d in root.iterdir()) if root.exists() else 0
+
+
+def latencies_ms(root: Path) -> list[float]:
+    """Per delivered file: file time minus the ULID's millisecond timestamp."""
+    found = []
+    for team in root.iterdir():
+        for entry in os.scandir(team / "new"):
+            ulid = ULID.from_str(entry.name.split(".")[0])
+            found.append(entry.stat().st_mtime * 1000 - ulid.milliseconds)
+    return found
+
+
+async def paced(port: int, rate: int, seconds: int) -> list[float]:
+    """POST at a fixed rate; returns each request's latency in ms."""
+    out: list[float] = []
+    async with aiohttp.ClientSession() as http:
+
+        async def one() -> None:
+            t0 = time.perf_counter()
+            async with http.post(f"http://127.0.0.1:{port}/v1/messages", json=README_MESSAGE):
+                out.append((time.perf_counter() - t0) * 1000)
+
+        tasks = []
+        for _ in range(rate * seconds):
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=200, help="paced load for (c), msg/s")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    s, c = args.seconds, args.connections
+    with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
+        work = Path(tmp)
+        with bare_server() as port:
+            bare = wrk(port, s, c)
+            bare_lat = asyncio.run(paced(port, args.rate, 5))
+        results = {}
+        for queue in ("sqlite", "redis"):
+            url = redis_url if queue == "redis" else None
+            with daemon(work / f"ingest-{queue}", queue, 0, url) as port:
+                results[queue] = wrk(port, s, c)
+        root = work / "e2e" / "state" / "maildir"
+        with daemon(work / "e2e", "sqlite", 4, None) as port:
+            t0 = time.monotonic()
+            e2e = wrk(port, s, c)
+            while count_files(root) < e2e["ok"]:
+                time.sleep(0.05)
+            e2e_rate = e2e["ok"] / (time.monotonic() - t0)
+        root = work / "lat" / "state" / "maildir"
+        with daemon(work / "lat", "sqlite", 4, None) as port:
+            asyncio.run(paced(port, args.rate, 5))
+            while count_files(root) < args.rate * 5:
+                time.sleep(0.05)
+            lat = latencies_ms(root)
+    report(bare, results, e2e_rate, e2e, lat, bare_lat, args)
+
+
+def report(bare, results, e2e_rate, e2e, lat, bare_lat, args) -> None:  # type: ignore[no-untyped-def]
+    base = bare["rps"]
+    print(f"wrk: {args.connections} connections, {args.seconds} s per run, loopback, 2 threads")
+    print(f"{'what':<44}{'msg/s':>10}{'ratio':>9}{'target':>9}")
+    print(f"{'bare aiohttp handler (parse JSON, 202)':<44}{base:>10.0f}{1:>9.2f}{'':>9}")
+    for queue, target in (("sqlite", 0.30), ("redis", 0.50)):
+        r = results[queue]
+        line = f"(a) ingest, {queue}, 202 after durable"
+        print(f"{line:<44}{r['rps']:>10.0f}{r['rps'] / base:>9.2f}{target:>9.2f}"
+              + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""))  # fmt: skip
+    line = "(b) end to end webhook→queue→rules→Maildir"
+    print(f"{line:<44}{e2e_rate:>10.0f}{e2e_rate / base:>9.2f}{0.25:>9.2f}")
+    print(f"(c) paced {args.rate} msg/s for 5 s:")
+    print(f"    ingest-to-delivery   p50 {pct(lat, 50):7.1f} ms   p99 {pct(lat, 99):7.1f} ms"
+          f"   ({len(lat)} messages)")  # fmt: skip
+    p50, p99 = pct(bare_lat, 50), pct(bare_lat, 99)
+    print(f"    bare handler request p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The operator's HTTP listener: ``GET /healthz`` (liveness and readiness) and ``GET /metrics``.
+
+Kept apart from the webhook listener so it can stay on loopback while webhooks face the world.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router import metrics
+from router.queue import Queue
+
+log = structlog.get_logger()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9108"`` or ``"[::1]:9108"`` → (host, port); ``ValueError`` if malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {listen!r} must be host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class AdminServer:
+    """Serves health and metrics; ``status()`` supplies the health document."""
+
+    def __init__(
+        self, listen: str, queue: Queue, status: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> None:
+        self._listen, self._queue, self._status = listen, queue, status
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Bind; raises ``OSError`` if the address is taken."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        await self._runner.setup()
+        host, port = split_listen(self._listen)
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("admin.listening", listen=f"{host}:{self.port}")
+
+    async def stop(self) -> None:
+        """Close the listener. Idempotent."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        document = await self._status()
+        code = 200 if document.get("status") == "ok" else 503
+        return web.json_response(document, status=code)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        try:
+            stats = await self._queue.stats()
+        except Exception as exc:  # metrics must render even when the queue is down
+            log.warning("metrics.queue_stats_failed", error=str(exc))
+        else:
+            for state in ("ready", "leased", "delayed", "dead"):
+                metrics.queue_messages.labels(state).set(getattr(stats, state))
+        body = generate_latest(metrics.REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
