@@ -19,7 +19,7 @@ received = Counter(
 rejected = Counter(
     "triaged_messages_rejected_total",
     "Inbound requests refused, by input and reason (bad_request, unauthorized, too_large, "
-    "unsupported_type, unavailable).",
+    "unsupported_type, not_found, unavailable).",
     ["source", "channel", "reason"],
     registry=REGISTRY,
 )

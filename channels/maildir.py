@@ -1,0 +1,265 @@
+"""Maildir sender: each routed message becomes one mail file in its team's local Maildir.
+
+Place in the flow: dispatcher → :meth:`MaildirSender.send` → ``<path>/<team>/new/<file>``,
+read with ``mutt -f <path>/<team>``, Dovecot or Python's ``mailbox.Maildir``. Team folders
+(``cur/ new/ tmp/``) are created on demand.
+
+At most once per ``delivery.key``, also across a crash: the file name comes from the key
+(:func:`file_name`: ``<message id>.<sha1(target)[:8]>.triaged``). If a file with that base
+name is already in ``new/`` or ``cur/`` (where mail readers append ``:2,<flags>``), ``send``
+writes nothing. Otherwise the mail is written to ``tmp/``, fsynced, renamed into ``new/``
+(atomic) and ``new/`` is fsynced: after a crash there is either no file or a whole one.
+
+Failure mapping (a choice): every ``OSError`` is a ``TemporaryFailure`` — a full disk
+(ENOSPC, EDQUOT) and I/O errors (EIO), and also permissions and read-only mounts (EACCES,
+EPERM, EROFS), since an operator fixes those and the message then arrives by itself; if
+nobody does, the dispatcher's attempt limit dead-letters it, so nothing is lost.
+``ENAMETOOLONG``, ``EINVAL`` and team names that cannot be a folder are ``PermanentFailure``:
+retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import mailbox
+import os
+import re
+import secrets
+import threading
+from email import policy
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.errors import DeliveryError, PermanentFailure, TemporaryFailure
+from router.interfaces import Delivery
+from router.message import Message
+
+log = structlog.get_logger()
+
+_PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL})
+_SUBDIRS = ("tmp", "new", "cur")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")  # CR and LF above all: no header injection
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_NOT_LOCAL = re.compile(r"[^A-Za-z0-9_+-]+")
+_SUBJECT_CHARS = 120
+
+
+class MaildirConfig(BaseModel):
+    """Local Maildirs, one per team under ``path`` (``<path>/<team>/{cur,new,tmp}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["maildir"] = Field(description="Selects this sender.")
+    path: Path = Field(description="Root directory; each team gets the Maildir <path>/<team>.")
+
+
+def file_name(delivery: Delivery) -> str:
+    """The Maildir base name of a delivery: stable per ``delivery.key``, no ``:`` or ``/``."""
+    message_id = delivery.message.id
+    if not _SAFE_ID.fullmatch(message_id):
+        message_id = hashlib.sha1(message_id.encode()).hexdigest()[:26]
+    return f"{message_id}.{hashlib.sha1(delivery.target.encode()).hexdigest()[:8]}.triaged"
+
+
+def _encodable(value: str) -> str:
+    """``value`` with what UTF-8 cannot encode (lone surrogates) replaced by ``?``."""
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _header(value: str) -> str:
+    """A header value with CR, LF and other control characters replaced by spaces."""
+    return _CONTROL.sub(" ", _encodable(value)).strip()
+
+
+def _from(message: Message) -> Address:
+    """The customer as From: their address if it is an email, else ``<id@<channel>.invalid>``."""
+    name, address = _header(message.sender.name), _header(message.sender.address)
+    if _EMAIL.fullmatch(address):
+        try:
+            return Address(display_name=name, addr_spec=address)
+        except (ValueError, IndexError, HeaderParseError):
+            pass  # looked like an address but is not one: use the placeholder
+    local = _NOT_LOCAL.sub("_", address).strip("_")[:48]
+    if local != address:  # keep distinct ids distinct once their odd characters are gone
+        local = f"{local or 'id'}-{hashlib.sha1(address.encode()).hexdigest()[:8]}"
+    return Address(
+        display_name=name or address, username=local, domain=f"{message.channel}.invalid"
+    )
+
+
+def _subject(message: Message) -> str:
+    subject = _header(message.subject)
+    if not subject:
+        lines = (_header(line) for line in message.text.splitlines())
+        subject = next((line for line in lines if line), "")
+        if len(subject) > _SUBJECT_CHARS:
+            subject = subject[:_SUBJECT_CHARS] + "…"
+    return subject or "(no subject)"
+
+
+def _notes(delivery: Delivery) -> str:
+    """The readable block after the text: routing and structured data (mutt hides X- headers)."""
+    message = delivery.message
+    lines = [
+        "",
+        "-- triaged --",
+        f"team: {delivery.team}  category: {delivery.category}  priority: {delivery.priority}",
+        f"tags: {', '.join(delivery.tags)}",
+        f"rules: {', '.join(delivery.rules)}",
+        f"message: {message.id}  ({message.channel} / {message.source})",
+        f"from: {_header(message.sender.name)} <{_header(message.sender.address)}>",
+    ]
+    if message.recipients:
+        lines.append(f"to: {_header(', '.join(message.recipients))}")
+    if message.thread.conversation_id:
+        lines.append(f"conversation: {_header(message.thread.conversation_id)}")
+    if message.fields:
+        lines.append("fields:")
+        for key, value in message.fields.items():
+            shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            lines.append(f"  {key}: {shown}")
+    for attachment in message.attachments:
+        lines.append(f"attachment: {attachment.name} ({attachment.type}, {attachment.size} bytes)")
+    return "\n".join(lines) + "\n"
+
+
+def build(delivery: Delivery) -> bytes:
+    """The RFC 5322 mail for a delivery; non-ASCII headers are RFC 2047 encoded."""
+    message = delivery.message
+    mail = EmailMessage(policy=policy.default)
+    mail["From"] = _from(message)
+    mail["Subject"] = _subject(message)
+    mail["Date"] = format_datetime(message.received_at)
+    mail["Message-ID"] = f"<{file_name(delivery)}@triaged.invalid>"
+    for name, value in (
+        ("X-Triaged-Message-Id", message.id),
+        ("X-Triaged-Team", delivery.team),
+        ("X-Triaged-Category", delivery.category),
+        ("X-Triaged-Priority", delivery.priority),
+        ("X-Triaged-Tags", ", ".join(delivery.tags)),
+        ("X-Triaged-Rules", ", ".join(delivery.rules)),
+        ("X-Triaged-Source", f"{message.channel}/{message.source}"),
+        ("X-Triaged-Sender", message.sender.address),
+    ):
+        mail[name] = _header(value)
+    text = message.text if message.text.endswith("\n") else message.text + "\n"
+    mail.set_content(_encodable(text + _notes(delivery)), charset="utf-8")
+    return mail.as_bytes()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delivered(folder: Path, base: str) -> bool:
+    """Whether ``new/`` or ``cur/`` holds ``base``, with or without a ``:2,flags`` suffix."""
+    for sub in ("new", "cur"):
+        with os.scandir(folder / sub) as entries:
+            if any(entry.name.startswith(base) for entry in entries):
+                return True
+    return False
+
+
+def _write(folder: Path, base: str, data: bytes) -> None:
+    """tmp/ → write, fsync → rename into new/ → fsync new/ (the Maildir protocol)."""
+    tmp = folder / "tmp" / f"{base}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(tmp, folder / "new" / base)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder / "new")
+
+
+class MaildirSender:
+    """Writes each delivery into ``<path>/<team>/`` as one mail, at most once per key."""
+
+    def __init__(self, name: str, config: MaildirConfig) -> None:
+        self.name = name
+        self.config = config
+        self._ready: set[str] = set()  # teams whose folder exists with cur/ new/ tmp/
+        self._prepare_lock = threading.Lock()  # sends run in worker threads, maybe at once
+
+    async def start(self) -> None:
+        """Create the root directory if needed; raise ``OSError`` if it is not writable."""
+        await asyncio.to_thread(self._check_root)
+
+    async def send(self, delivery: Delivery) -> None:
+        """Write the mail unless this delivery key is already in the team's Maildir.
+
+        Raises ``TemporaryFailure`` on any disk error except those retrying cannot fix
+        (``ENAMETOOLONG``, ``EINVAL``, a team name that is no folder name, a mail the email
+        package refuses to build), which raise ``PermanentFailure``.
+        """
+        folder = self._folder(delivery.team)
+        try:
+            written = await asyncio.to_thread(self._deliver, folder, delivery)
+        except OSError as exc:
+            self._ready.discard(delivery.team)  # re-create the folder next time if it vanished
+            raise _failure(exc) from exc
+        except ValueError as exc:  # the email package refused the message: same next time
+            raise PermanentFailure(f"cannot build the mail: {exc}") from exc
+        event = "delivery.written" if written else "delivery.already_present"
+        log.debug(event, target=self.name, team=delivery.team)
+
+    async def close(self) -> None:
+        """Nothing to release (files are closed after each write)."""
+
+    def _check_root(self) -> None:
+        root = self.config.path
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"maildir output {self.name!r}: not writable", root)
+
+    def _folder(self, team: str) -> Path:
+        if not team or team.startswith(".") or "/" in team or "\x00" in team:
+            raise PermanentFailure(f"team {team!r} cannot be a Maildir folder name")
+        return self.config.path / team
+
+    def _deliver(self, folder: Path, delivery: Delivery) -> bool:
+        """In a worker thread: write the mail if absent; return whether it wrote."""
+        if delivery.team not in self._ready:
+            with self._prepare_lock:
+                self._prepare(folder)
+                self._ready.add(delivery.team)
+        base = file_name(delivery)
+        if _delivered(folder, base):
+            return False
+        _write(folder, base, build(delivery))
+        return True
+
+    def _prepare(self, folder: Path) -> None:
+        created = not folder.exists()
+        mailbox.Maildir(folder, create=True)  # the folder and cur/ new/ tmp/, mode 0700
+        for sub in _SUBDIRS:  # a folder made by hand may lack some
+            (folder / sub).mkdir(mode=0o700, exist_ok=True)
+        if created:  # make the new directory entries durable before the first mail
+            _fsync_dir(folder)
+            _fsync_dir(folder.parent)
+
+
+def _failure(exc: OSError) -> DeliveryError:
+    reason = f"maildir write failed: {exc}"
+    if exc.errno in _PERMANENT_ERRNOS:
+        return PermanentFailure(reason)
+    return TemporaryFailure(reason)

@@ -1,0 +1,628 @@
+"""HTTP webhooks: web forms and shop backends POST messages in; tickets are POSTed out.
+
+Inbound, :class:`WebhookChannel` (``type: webhook`` input). One request::
+
+    POST → stopping? 503 → Content-Type 415 → size 413 → token/signature 401 (constant time,
+    before any parsing) → JSON 400 → Message → await sink.put() → 202 {"id": ...}
+
+Endpoints:
+
+- ``POST /v1/messages/{source}``: ``source`` is a name under ``sources:``. The request carries
+  ``X-Triaged-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` (bare hex accepted; header
+  name per source) or ``Authorization: Bearer <token>``, as that source is configured.
+- ``POST /v1/messages``: unsigned; only with ``anonymous: true`` (loopback, quick start), else
+  401. The message's source is the input's name.
+- ``GET /healthz``: 200 ``{"status": "ok"}`` while accepting, 503 ``{"status": "stopping"}``.
+
+Body: ``Content-Type: application/json``, UTF-8, at most ``max_body_bytes``::
+
+    {
+      "from": "cust-42",                   required, non-blank string: customer id or address
+      "text": "我的订单还没发货",            required, non-blank string
+      "name": "王小明",                     optional display name
+      "subject": "订单 A-1001",             optional
+      "conversation_id": "chat-77",        optional: follow-ups join the same ticket
+      "recipients": ["support@shop.example"],  optional array of strings
+      "fields": {"order_id": "A-1001", "tier": "gold"}   optional object, for rules
+    }
+
+Any other top-level key is kept in ``fields`` (the same key at top level and in ``fields`` is
+a 400 rather than silently dropping one). Optional header ``Idempotency-Key``: a retry with
+the same key gets the first message's id and queues nothing new.
+
+Answers: 202 ``{"id": "<message id>"}`` only once the message is durable. Every error is
+``{"error": "<what is wrong>", "field": "<body field>" | null}``: 400 invalid JSON, non-UTF-8
+or a bad field; 401 missing or wrong signature/token; 404 unknown source; 413 body over
+``max_body_bytes``; 415 not ``application/json``; 503 with ``Retry-After`` while the queue is
+unavailable or the input is stopping. Nothing is half-accepted: any error means nothing queued.
+
+Outbound, :class:`WebhookSender` (``type: webhook`` output): one JSON ticket notification per
+delivery (see :func:`notification`), with ``Idempotency-Key`` and the same HMAC signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final, Literal
+
+import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from structlog.contextvars import bound_contextvars
+from yarl import URL
+
+from router import metrics
+from router.errors import DeliveryError, PermanentFailure, QueueUnavailable, TemporaryFailure
+from router.interfaces import Delivery, Sink
+from router.message import Message, Sender, Thread
+from router.secrets import SecretRef
+
+log = structlog.get_logger()
+
+CHANNEL: Final = "webhook"
+SIGNATURE_HEADER = "X-Triaged-Signature"
+RETRY_AFTER_S = 5  # what 503 answers tell clients; the queue is usually back within seconds
+MAX_TEXT_BYTES = 65_536  # text cap in outbound notifications
+_SHUTDOWN_TIMEOUT_S = 3.0  # in-flight puts are awaited before this; only slow uploads remain
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PATHS = frozenset({"/v1/messages", "/healthz"})
+_SOURCE_PATH = re.compile(r"/v1/messages/[^/]+")
+_NO_THREAD = Thread()
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """Split ``host:port`` (``[::1]:8080`` for IPv6; an empty host means every interface)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen {value!r} must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen {value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
+    return host or None, int(port)
+
+
+def _secret_bytes(owner: str, what: str, ref: SecretRef | None) -> bytes | None:
+    """Resolve ``ref`` now; the error names the input/output, the setting and the variable."""
+    if ref is None:
+        return None
+    try:
+        return ref.resolve().get_secret_value().encode()
+    except LookupError as exc:
+        raise LookupError(f"{owner}: {what}: {exc}") from None
+
+
+class WebhookSourceConfig(BaseModel):
+    """One sender of webhooks (a shop, a form backend): HMAC signature or bearer token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret: SecretRef | None = Field(
+        default=None, description="HMAC-SHA256 key; requests carry sha256=<hex> of the raw body."
+    )
+    token: SecretRef | None = Field(
+        default=None, description="Bearer token; requests carry 'Authorization: Bearer <token>'."
+    )
+    signature_header: str = Field(
+        default=SIGNATURE_HEADER, description="Header with the signature."
+    )
+
+    @model_validator(mode="after")
+    def _one_method(self) -> WebhookSourceConfig:
+        if (self.secret is None) == (self.token is None):
+            raise ValueError("give exactly one of 'secret' (HMAC signature) or 'token' (bearer)")
+        return self
+
+
+class WebhookConfig(BaseModel):
+    """An HTTP listener taking customer messages as JSON (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["webhook"] = Field(description="Selects this channel.")
+    listen: str = Field(
+        default="127.0.0.1:8080", description="host:port to bind; [::1]:8080 for IPv6."
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger bodies get 413.")
+    anonymous: bool = Field(
+        default=False,
+        description="Accept unsigned POST /v1/messages (loopback and quick start only).",
+    )
+    sources: dict[str, WebhookSourceConfig] = Field(
+        default_factory=dict, description="Named senders, each POSTing to /v1/messages/<name>."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _check_names(cls, value: dict[str, WebhookSourceConfig]) -> dict[str, WebhookSourceConfig]:
+        for name in value:
+            if not _SOURCE_NAME.fullmatch(name):
+                raise ValueError(f"source name {name!r} must be letters, digits, '.', '_', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _something_accepted(self) -> WebhookConfig:
+        if not self.sources and not self.anonymous:
+            raise ValueError("give at least one entry under 'sources' or set 'anonymous: true'")
+        return self
+
+
+class _Body(BaseModel):
+    """The JSON a client POSTs; strict: no silent coercion of numbers into strings."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    from_: str = Field(alias="from", pattern=r"\S")
+    text: str = Field(pattern=r"\S")
+    name: str | None = None
+    subject: str | None = None
+    conversation_id: str | None = None
+    recipients: list[str] = Field(default_factory=list)
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+_PROBLEMS = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "string_pattern_mismatch": "must not be empty or blank",
+    "list_type": "must be an array",
+    "dict_type": "must be an object",
+}
+
+
+def _explain(exc: ValidationError, body: bytes) -> tuple[str, str | None]:
+    """The first problem of a rejected body, as (error, field)."""
+    error = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    if error["type"] == "json_invalid":
+        try:
+            body.decode()
+        except UnicodeDecodeError as bad:
+            return f"body is not valid UTF-8 (byte {bad.start})", None
+        return error["msg"], None  # "Invalid JSON: expected value at line 1 column 1"
+    if not error["loc"]:
+        return "body must be a JSON object", None
+    field = ".".join(str(part) for part in error["loc"])
+    return f"'{field}' {_PROBLEMS.get(error['type'], error['msg'])}", field
+
+
+class _Rejected(Exception):
+    """Why a request is refused; turned into the JSON error answer."""
+
+    def __init__(
+        self, status: int, reason: str, error: str, field: str | None = None, detail: str = ""
+    ) -> None:
+        super().__init__(error)
+        self.status, self.reason, self.error, self.field = status, reason, error, field
+        self.detail = detail  # for the log only: internals never reach the client
+
+
+_STOPPING = "this input is stopping; retry later"
+_UNAVAILABLE = "the queue is unavailable; retry later"
+
+
+class _Source:
+    """A configured source with resolved credentials; checks are constant time."""
+
+    __slots__ = ("_secret", "_token", "header", "name", "received")
+
+    def __init__(self, name: str, secret: bytes | None, token: bytes | None, header: str) -> None:
+        self.name, self._secret, self._token, self.header = name, secret, token, header
+        self.received = metrics.received.labels(source=name, channel=CHANNEL)
+
+    def token_ok(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given = value.strip().encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self._token) and scheme.lower() == "bearer"
+
+    def signature_ok(self, request: web.Request, body: bytes) -> bool:
+        if self._secret is None:
+            return True
+        given = request.headers.get(self.header, "").strip().lower()
+        given = given.removeprefix("sha256=")
+        expected = hmac.new(self._secret, body, hashlib.sha256).hexdigest().encode()
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
+
+
+class WebhookChannel:
+    """Inbound HTTP webhook listener (aiohttp); see the module docstring for the protocol."""
+
+    def __init__(self, name: str, config: WebhookConfig) -> None:
+        self.name = name
+        self.config = config
+        self._host, self._port = parse_listen(config.listen)
+        self._max_body = config.max_body_bytes
+        self._sources: dict[str, _Source] = {}
+        self._anonymous = _Source(name, None, None, SIGNATURE_HEADER) if config.anonymous else None
+        self._sink: Sink | None = None
+        self._runner: web.AppRunner | None = None
+        self._accepting = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``listen: 127.0.0.1:0``)."""
+        return self._port
+
+    async def start(self, sink: Sink, tg: asyncio.TaskGroup) -> None:
+        """Resolve secrets, bind ``listen`` and return once accepting (aiohttp owns its tasks).
+
+        Raises ``LookupError`` naming the input, source and variable when a secret is missing,
+        ``OSError`` when the address cannot be bound (e.g. the port is taken).
+        """
+        if self._runner is not None:
+            raise RuntimeError(f"webhook input {self.name!r} is already started")
+        self._sources = {
+            name: _Source(
+                name,
+                _secret_bytes(f"webhook input {self.name!r}, source {name!r}", "secret", c.secret),
+                _secret_bytes(f"webhook input {self.name!r}, source {name!r}", "token", c.token),
+                c.signature_header,
+            )
+            for name, c in self.config.sources.items()
+        }
+        self._sink = sink
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._port = runner, int(runner.addresses[0][1])
+        self._accepting = True
+        log.info("channel.started", source=self.name, channel=CHANNEL, port=self._port)
+        if self._anonymous is not None and self._host not in _LOOPBACK:
+            log.warning("channel.anonymous_exposed", source=self.name, listen=self.config.listen)
+
+    async def stop(self) -> None:
+        """Answer 503 to new requests, await in-flight puts, then close the listener.
+
+        Waits as long as the sink's puts take: the daemon bounds shutdown with its stop timeout.
+        """
+        self._accepting = False
+        async with self._stop_lock:
+            if self._runner is None:
+                return
+            await self._idle.wait()
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+            log.info("channel.stopped", source=self.name, channel=CHANNEL)
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.router.add_post("/v1/messages/{source}", self._post_source)
+        app.router.add_post("/v1/messages", self._post_anonymous)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_route("*", "/{tail:.*}", self._no_route)  # JSON 404/405, not text
+        return app
+
+    async def _post_source(self, request: web.Request) -> web.Response:
+        source = self._sources.get(request.match_info["source"])
+        if source is None:
+            name = request.match_info["source"][:64]
+            return self._reject(
+                request, self.name, _Rejected(404, "not_found", f"unknown source {name!r}")
+            )
+        return await self._ingest(request, source)
+
+    async def _post_anonymous(self, request: web.Request) -> web.Response:
+        if self._anonymous is None:
+            error = "unsigned requests are not accepted: POST /v1/messages/<source>, signed"
+            return self._reject(request, self.name, _Rejected(401, "unauthorized", error))
+        return await self._ingest(request, self._anonymous)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self._accepting:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "stopping"}, status=503)
+
+    async def _no_route(self, request: web.Request) -> web.Response:
+        path = request.path
+        if path in _PATHS or _SOURCE_PATH.fullmatch(path):
+            return web.json_response({"error": "method not allowed", "field": None}, status=405)
+        return web.json_response({"error": "not found", "field": None}, status=404)
+
+    async def _ingest(self, request: web.Request, source: _Source) -> web.Response:
+        try:
+            message = await self._receive(request, source)
+        except _Rejected as rejected:
+            return self._reject(request, source.name, rejected)
+        return await self._put(request, source, message)
+
+    async def _receive(self, request: web.Request, source: _Source) -> Message:
+        """Check and read the request into a Message; raise ``_Rejected`` on any problem."""
+        if not self._accepting:
+            raise _Rejected(503, "unavailable", _STOPPING)
+        if request.content_type != "application/json":
+            raise _Rejected(415, "unsupported_type", "Content-Type must be application/json")
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise self._too_large()
+        if not source.token_ok(request):
+            raise _Rejected(401, "unauthorized", "missing or wrong bearer token")
+        try:
+            body = await request.read()  # enforces client_max_size on chunked bodies too
+        except web.HTTPRequestEntityTooLarge:
+            raise self._too_large() from None
+        if not source.signature_ok(request, body):
+            raise _Rejected(401, "unauthorized", f"missing or wrong signature in {source.header}")
+        return self._parse(source, body, request.headers.get("Idempotency-Key"))
+
+    def _too_large(self) -> _Rejected:
+        return _Rejected(413, "too_large", f"body is larger than {self._max_body} bytes")
+
+    def _parse(self, source: _Source, raw: bytes, idempotency_key: str | None) -> Message:
+        try:
+            body = _Body.model_validate_json(raw)
+        except ValidationError as exc:
+            raise _Rejected(400, "bad_request", *_explain(exc, raw)) from None
+        fields = body.fields
+        if body.model_extra:
+            for key in body.model_extra.keys() & fields.keys():
+                error = f"'{key}' is given both at top level and in 'fields'"
+                raise _Rejected(400, "bad_request", error, key)
+            fields = {**fields, **body.model_extra}
+        key = idempotency_key.strip() if idempotency_key else ""
+        conversation_id = body.conversation_id
+        return Message(
+            channel=CHANNEL,
+            source=source.name,
+            sender=Sender(address=body.from_, name=body.name or ""),
+            recipients=tuple(body.recipients),
+            subject=body.subject or "",
+            text=body.text,
+            thread=Thread(conversation_id=conversation_id) if conversation_id else _NO_THREAD,
+            fields=fields,
+            dedupe_key=f"{source.name}:{key}" if key else None,
+        )
+
+    async def _put(self, request: web.Request, source: _Source, message: Message) -> web.Response:
+        """Queue the message; answer 202 only once ``put`` returned, 503 if it raised."""
+        assert self._sink is not None
+        if not self._accepting:  # stop() began while the body was read: nothing half-accepted
+            return self._reject(request, source.name, _Rejected(503, "unavailable", _STOPPING))
+        self._inflight += 1
+        self._idle.clear()
+        with bound_contextvars(source=source.name, channel=CHANNEL, message_id=message.id):
+            try:
+                message_id = await self._sink.put(message)
+            except QueueUnavailable as exc:
+                rejected = _Rejected(503, "unavailable", _UNAVAILABLE, detail=str(exc))
+                return self._reject(request, source.name, rejected)
+            except Exception:  # the client must hear 503, never a half-accepted 500
+                log.exception("message.put_failed")
+                rejected = _Rejected(503, "unavailable", _UNAVAILABLE)
+                return self._reject(request, source.name, rejected)
+            finally:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._idle.set()
+            duplicate_of = None if message_id == message.id else message_id
+            log.info("message.queued", duplicate_of=duplicate_of)
+        if message_id == message.id:
+            source.received.inc()
+        return web.json_response({"id": message_id}, status=202)
+
+    def _reject(self, request: web.Request, source: str, rejected: _Rejected) -> web.Response:
+        metrics.rejected.labels(source=source, channel=CHANNEL, reason=rejected.reason).inc()
+        emit = log.warning if rejected.status in (401, 503) else log.info
+        emit(
+            "message.rejected",
+            source=source,
+            channel=CHANNEL,
+            status=rejected.status,
+            reason=rejected.reason,
+            error=rejected.error,
+            detail=rejected.detail or None,
+            peer=request.remote,
+        )
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if rejected.status == 503 else None
+        body = {"error": rejected.error, "field": rejected.field}
+        return web.json_response(body, status=rejected.status, headers=headers)
+
+
+def _check_url(value: str) -> str:
+    """Refuse anything but an absolute http(s) URL; the message never quotes the value."""
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("url must be an absolute http:// or https:// URL")
+    return value
+
+
+class WebhookOutConfig(BaseModel):
+    """An HTTP endpoint that receives one JSON notification per routed ticket."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["webhook"] = Field(description="Selects this sender.")
+    url: str | SecretRef = Field(
+        description="http(s) URL to POST to; {env: VAR} or {credential: NAME} when the URL "
+        "is itself a secret (Slack-style incoming webhooks)."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Whole-request timeout in seconds.")
+    secret: SecretRef | None = Field(
+        default=None, description="HMAC-SHA256 key; the body is signed as sha256=<hex>."
+    )
+    signature_header: str = Field(
+        default=SIGNATURE_HEADER, description="Header with the signature."
+    )
+    headers: dict[str, str | SecretRef] = Field(
+        default_factory=dict, description="Extra request headers; values may be secrets."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _literal_url(cls, value: str | SecretRef) -> str | SecretRef:
+        return _check_url(value) if isinstance(value, str) else value
+
+
+def notification(delivery: Delivery) -> bytes:
+    """The JSON body POSTed for one delivery (``v`` versions this shape).
+
+    Keys: ``v``, ``delivery_key``, ``attempt``, ``message_id``, ``team``, ``category``,
+    ``priority``, ``tags``, ``rules``, ``source``, ``channel``, ``received_at`` (ISO 8601, UTC),
+    ``sender`` (``address``, ``name``), ``recipients``, ``subject``, ``text`` (capped at
+    ``MAX_TEXT_BYTES`` of UTF-8, then ``text_truncated`` is true), ``fields``,
+    ``conversation_id``.
+    """
+    message = delivery.message
+    raw = message.text.encode("utf-8", "replace")
+    truncated = len(raw) > MAX_TEXT_BYTES
+    payload = {
+        "v": 1,
+        "delivery_key": delivery.key,
+        "attempt": delivery.attempt,
+        "message_id": message.id,
+        "team": delivery.team,
+        "category": delivery.category,
+        "priority": delivery.priority,
+        "tags": list(delivery.tags),
+        "rules": list(delivery.rules),
+        "source": message.source,
+        "channel": message.channel,
+        "received_at": message.received_at.isoformat(),
+        "sender": {"address": message.sender.address, "name": message.sender.name},
+        "recipients": list(message.recipients),
+        "subject": message.subject,
+        "text": raw[:MAX_TEXT_BYTES].decode("utf-8", "ignore") if truncated else message.text,
+        "text_truncated": truncated,
+        "fields": message.fields,
+        "conversation_id": message.thread.conversation_id,
+    }
+    return json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8", "replace")
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def status_failure(status: int, detail: str, retry_after: str | None) -> DeliveryError:
+    """Map a non-2xx answer (Alertmanager ``Retrier``): 408, 429 and 5xx are temporary."""
+    reason = f"HTTP {status}" + (f": {detail}" if detail else "")
+    if status in (408, 429) or status >= 500:
+        return TemporaryFailure(reason, retry_after_s(retry_after))
+    if 300 <= status < 400:
+        reason += " (redirects are not followed: configure the final URL)"
+    return PermanentFailure(reason)
+
+
+class WebhookSender:
+    """POSTs one JSON ticket notification per delivery (see :func:`notification`)."""
+
+    def __init__(self, name: str, config: WebhookOutConfig) -> None:
+        self.name = name
+        self.config = config
+        self._url = ""
+        self._url_is_secret = not isinstance(config.url, str)
+        self._secret: bytes | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Resolve the URL and secrets and open the HTTP session.
+
+        Raises ``LookupError`` naming the output and the variable when a secret is missing,
+        ``ValueError`` when a secret URL is not an http(s) URL.
+        """
+        if self._session is not None:
+            return
+        owner = f"webhook output {self.name!r}"
+        ref = self.config.url
+        if isinstance(ref, SecretRef):
+            try:
+                self._url = _check_url(ref.resolve().get_secret_value())
+            except (LookupError, ValueError) as exc:
+                raise type(exc)(f"{owner}: url ({ref.describe()}): {exc}") from None
+        else:
+            self._url = ref
+        self._secret = _secret_bytes(owner, "secret", self.config.secret)
+        headers = {"Content-Type": "application/json", "User-Agent": "triaged"}
+        for key, value in self.config.headers.items():
+            if isinstance(value, SecretRef):
+                value = (_secret_bytes(owner, f"headers.{key}", value) or b"").decode()
+            headers[key] = value
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+
+    async def send(self, delivery: Delivery) -> None:
+        """POST the notification; any 2xx is success.
+
+        Raises ``TemporaryFailure`` on 408, 429 and 5xx (with ``retry_after_s`` from
+        ``Retry-After``), timeouts and connection errors; ``PermanentFailure`` on any other
+        status. Reasons never contain the URL when it is a secret.
+        """
+        if self._session is None:
+            raise RuntimeError(f"webhook output {self.name!r}: send() before start()")
+        body = notification(delivery)
+        headers = {"Idempotency-Key": delivery.key}
+        if self._secret is not None:
+            headers[self.config.signature_header] = sign(self._secret, body)
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                if 200 <= response.status < 300:
+                    log.debug("delivery.posted", target=self.name, status=response.status)
+                    return
+                detail = (await response.content.read(200)).decode("utf-8", "replace")
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except TimeoutError as exc:
+            reason = f"no answer within {self.config.timeout_s:g}s"
+            raise TemporaryFailure(reason) from self._cause(exc)
+        except aiohttp.ClientError as exc:
+            raise TemporaryFailure(f"request failed: {self._describe(exc)}") from self._cause(exc)
+        raise status_failure(status, " ".join(detail.split()), retry_after)
+
+    async def close(self) -> None:
+        """Close the HTTP session. Idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _describe(self, exc: aiohttp.ClientError) -> str:
+        # aiohttp puts the URL into some messages; a secret URL must not reach logs
+        if not self._url_is_secret:
+            return f"{type(exc).__name__}: {exc}"
+        strerror = getattr(exc, "strerror", None)
+        return type(exc).__name__ + (f": {strerror}" if strerror else "")
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        return None if self._url_is_secret else exc

@@ -1,0 +1,1 @@
+"""Tests of the channel adapters, each against real sockets or real files."""

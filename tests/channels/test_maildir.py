@@ -1,0 +1,243 @@
+"""MaildirSender on real files, read back with the stdlib ``mailbox`` module as mutt would."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import mailbox
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from channels.maildir import MaildirConfig, MaildirSender, file_name
+from router.errors import PermanentFailure, TemporaryFailure
+from router.interfaces import Delivery
+from router.message import Message, Sender, Thread
+
+
+def delivery(target: str = "team-maildir", team: str = "after-sales", **message: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "channel": "webhook",
+        "source": "shop",
+        "sender": Sender(address="wang@example.com", name="王小明"),
+        "subject": "订单 A-1001 还没有发货",
+        "text": "你好，\n我的订单还没有发货，请帮忙查一下。\n谢谢！",
+        "fields": {"order_id": "A-1001", "items": [{"sku": "书", "qty": 2}]},
+        "thread": Thread(conversation_id="chat-77"),
+    }
+    return Delivery(
+        message=Message(**(fields | message)),
+        team=team,
+        target=target,
+        category="shipping",
+        priority="high",
+        tags=("vip", "物流"),
+        rules=("late-shipping", "vip-first"),
+        attempt=1,
+    )
+
+
+@pytest.fixture
+async def sender(tmp_path: Path) -> MaildirSender:
+    sender = MaildirSender("team-maildir", MaildirConfig(type="maildir", path=tmp_path / "mail"))
+    await sender.start()
+    return sender
+
+
+def read_all(root: Path, team: str = "after-sales") -> list[EmailMessage]:
+    """Every mail in a team's Maildir, parsed with the modern email policy."""
+    box = mailbox.Maildir(root / team, create=False)
+    parsed = (
+        email.message_from_bytes(box.get_bytes(key), policy=policy.default)
+        for key in box.iterkeys()
+    )
+    return [mail for mail in parsed if isinstance(mail, EmailMessage)]
+
+
+def files(root: Path, team: str = "after-sales") -> list[str]:
+    return sorted(p.name for sub in ("new", "cur") for p in (root / team / sub).iterdir())
+
+
+async def test_mail_is_readable_with_chinese_intact(sender: MaildirSender, tmp_path: Path) -> None:
+    item = delivery()
+    await sender.send(item)
+
+    box = mailbox.Maildir(tmp_path / "mail" / "after-sales", create=False)
+    [key] = box.keys()
+    assert box.get_message(key).get_subdir() == "new"
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Subject"] == "订单 A-1001 还没有发货"
+    assert mail["From"].addresses[0].display_name == "王小明"
+    assert mail["From"].addresses[0].addr_spec == "wang@example.com"
+    assert mail["Message-ID"] == f"<{file_name(item)}@triaged.invalid>"
+    assert mail["Date"].datetime == item.message.received_at.replace(microsecond=0)
+    assert mail["X-Triaged-Message-Id"] == item.message.id
+    assert mail["X-Triaged-Team"] == "after-sales"
+    assert mail["X-Triaged-Category"] == "shipping"
+    assert mail["X-Triaged-Priority"] == "high"
+    assert mail["X-Triaged-Tags"] == "vip, 物流"
+    assert mail["X-Triaged-Rules"] == "late-shipping, vip-first"
+    assert mail["X-Triaged-Source"] == "webhook/shop"
+    body = mail.get_content()
+    assert body.startswith("你好，\n我的订单还没有发货，请帮忙查一下。\n谢谢！\n")
+    assert "order_id: A-1001" in body
+    assert 'items: [{"sku": "书", "qty": 2}]' in body
+    assert "conversation: chat-77" in body
+
+
+async def test_raw_file_headers_are_ascii(sender: MaildirSender, tmp_path: Path) -> None:
+    await sender.send(delivery())
+    [name] = files(tmp_path / "mail")
+    raw = (tmp_path / "mail" / "after-sales" / "new" / name).read_bytes()
+    head = raw.split(b"\n\n", 1)[0]
+    head.decode("ascii")  # RFC 2047 encoded: any mail reader can show it
+    assert b"\r" not in raw  # Maildir files use the local line ending
+
+
+@pytest.mark.parametrize(
+    ("address", "name", "shown_name", "local_start"),
+    [
+        ("cust-42", "", "cust-42", "cust-42@webhook.invalid"),
+        ("cust-42", "王小明", "王小明", "cust-42@webhook.invalid"),
+        ("张三", "", "张三", "id-"),
+        ("not an@address", "", "not an@address", "not_an_address-"),
+    ],
+)
+async def test_from_placeholder_for_non_email_ids(
+    sender: MaildirSender,
+    tmp_path: Path,
+    address: str,
+    name: str,
+    shown_name: str,
+    local_start: str,
+) -> None:
+    await sender.send(delivery(sender=Sender(address=address, name=name)))
+    [mail] = read_all(tmp_path / "mail")
+    [sent_by] = mail["From"].addresses
+    assert sent_by.display_name == shown_name
+    assert sent_by.addr_spec.startswith(local_start)
+    assert sent_by.addr_spec.endswith("@webhook.invalid")
+    assert mail["X-Triaged-Sender"] == address
+
+
+async def test_header_injection_is_stripped(sender: MaildirSender, tmp_path: Path) -> None:
+    evil = "x@example.com\r\nBcc: victim@example.com"
+    await sender.send(
+        delivery(
+            subject="Hello\r\nBcc: victim@example.com\nX-Evil: 1",
+            sender=Sender(address=evil, name="Eve\r\nX-Evil: 2"),
+        )
+    )
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Bcc"] is None
+    assert mail["X-Evil"] is None
+    assert mail["Subject"] == "Hello Bcc: victim@example.com X-Evil: 1"
+    assert "\n" not in mail["From"]
+    assert "\n" not in mail["X-Triaged-Sender"]
+
+
+async def test_subject_falls_back_to_first_line(sender: MaildirSender, tmp_path: Path) -> None:
+    await sender.send(delivery(subject="", text="\n  第一行很重要  \n第二行"))
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Subject"] == "第一行很重要"
+
+
+async def test_unencodable_characters_are_replaced(sender: MaildirSender, tmp_path: Path) -> None:
+    await sender.send(delivery(subject="bad \ud800 subject", text="bad \udfff text"))
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Subject"] == "bad ? subject"
+    assert mail.get_content().startswith("bad ? text\n")
+
+
+async def test_same_key_twice_writes_once(sender: MaildirSender, tmp_path: Path) -> None:
+    item = delivery()
+    await sender.send(item)
+    await sender.send(item)
+    assert files(tmp_path / "mail") == [file_name(item)]
+
+
+async def test_same_key_after_reader_moved_it_to_cur(sender: MaildirSender, tmp_path: Path) -> None:
+    """Steps: deliver → a reader marks it seen (new/ → cur/<name>:2,S) → the same delivery is
+    retried (as after a crash before the ack) → nothing new is written."""
+    item = delivery()
+    await sender.send(item)
+    folder = tmp_path / "mail" / "after-sales"
+    name = file_name(item)
+    (folder / "new" / name).rename(folder / "cur" / f"{name}:2,S")
+    await sender.send(item)
+    assert files(tmp_path / "mail") == [f"{name}:2,S"]
+    assert list((folder / "tmp").iterdir()) == []
+
+
+async def test_two_targets_two_files(sender: MaildirSender, tmp_path: Path) -> None:
+    first = delivery(target="team-maildir")
+    second = dataclasses.replace(first, target="archive-maildir")
+    await sender.send(first)
+    await sender.send(second)
+    assert files(tmp_path / "mail") == sorted([file_name(first), file_name(second)])
+    assert len(read_all(tmp_path / "mail")) == 2
+
+
+async def test_teams_get_their_own_maildir(sender: MaildirSender, tmp_path: Path) -> None:
+    await sender.send(delivery(team="after-sales"))
+    await sender.send(delivery(team="售前"))
+    for team in ("after-sales", "售前"):
+        assert len(read_all(tmp_path / "mail", team)) == 1
+
+
+async def test_leftover_tmp_file_does_not_block(sender: MaildirSender, tmp_path: Path) -> None:
+    item = delivery()
+    folder = tmp_path / "mail" / "after-sales"
+    for sub in ("tmp", "new", "cur"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "tmp" / f"{file_name(item)}.1.dead").write_bytes(b"half a mail")  # a crash
+    await sender.send(item)
+    assert files(tmp_path / "mail") == [file_name(item)]
+
+
+async def test_hand_made_folder_gets_missing_subdirs(sender: MaildirSender, tmp_path: Path) -> None:
+    (tmp_path / "mail" / "after-sales" / "cur").mkdir(parents=True)
+    await sender.send(delivery())
+    assert len(read_all(tmp_path / "mail")) == 1
+
+
+@pytest.mark.parametrize("team", ["", ".", "..", ".hidden", "a/b", "../escape"])
+async def test_unusable_team_name_is_permanent(sender: MaildirSender, team: str) -> None:
+    with pytest.raises(PermanentFailure, match="folder name"):
+        await sender.send(delivery(team=team))
+
+
+async def test_name_too_long_is_permanent(sender: MaildirSender) -> None:
+    with pytest.raises(PermanentFailure, match="maildir write failed"):
+        await sender.send(delivery(team="t" * 300))
+
+
+async def test_disk_error_is_temporary(sender: MaildirSender, tmp_path: Path) -> None:
+    """``new/`` is a file instead of a folder: an OSError an operator can fix."""
+    folder = tmp_path / "mail" / "after-sales"
+    for sub in ("tmp", "cur"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "new").write_text("not a folder")
+    with pytest.raises(TemporaryFailure, match="maildir write failed"):
+        await sender.send(delivery())
+    assert list((folder / "tmp").iterdir()) == []
+
+    (folder / "new").unlink()  # the operator fixes it; the retry delivers
+    await sender.send(delivery())
+    assert len(read_all(tmp_path / "mail")) == 1
+
+
+async def test_start_refuses_a_file_as_root(tmp_path: Path) -> None:
+    (tmp_path / "mail").write_text("")
+    sender = MaildirSender("m", MaildirConfig(type="maildir", path=tmp_path / "mail"))
+    with pytest.raises(OSError):  # noqa: PT011 - FileExistsError or NotADirectoryError
+        await sender.start()
+    await sender.close()
+
+
+def test_config_refuses_extra_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="extra"):
+        MaildirConfig.model_validate({"type": "maildir", "path": str(tmp_path), "mode": 600})
