@@ -7,6 +7,7 @@ keys and indexes — such as a pydantic error ``loc`` — back to a line and col
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 Severity = Literal["error", "warning"]
 
@@ -118,9 +120,32 @@ def load_yaml(text: str, file: str) -> Document:
         src = lines[line - 1] if 0 < line <= len(lines) else ""
         code = "E002" if "duplicate key" in what else "E001"
         raise YamlFileError(
-            [Problem(file, line, col, code, f"invalid YAML: {what}", source_line=src)]
+            [Problem(file, line, col, code, _yaml_message(what), source_line=src)]
         ) from None
+    except ReaderError as exc:  # a control character; not a MarkedYAMLError
+        before = text[: max(0, exc.position)]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character
+        what = f"character U+{char:04X} is not allowed" if isinstance(char, int) else str(exc)
+        problem = Problem(file, line, col, "E001", f"invalid YAML: {what}")
+        raise YamlFileError([problem]) from None
     return Document(file, text, data)
+
+
+_INDENT_HINTS = (
+    "expected <block end>",
+    "mapping values are not allowed",
+    "could not find expected ':'",
+)
+
+
+def _yaml_message(what: str) -> str:
+    """ruamel's text, shortened for duplicates and with a hint for indentation mistakes."""
+    dup = re.search(r'found duplicate key "([^"]*)"', what)
+    if dup:
+        return f'duplicate key "{dup.group(1)}" (each key may appear once in a mapping)'
+    hint = " (check the indentation)" if any(h in what for h in _INDENT_HINTS) else ""
+    return f"invalid YAML: {what}{hint}"
 
 
 def _node_width(node: Any) -> int:

@@ -1,0 +1,422 @@
+"""Routing tables (Alertmanager ``TestRouteMatch`` style): inline rules, a message, a decision.
+
+Every case is also checked against the naive evaluator and an explain run (``decide``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.rules.helpers import decide, load, message
+
+REFUND = """
+- id: refund
+  when: {text: {contains_any: [退款, refund]}}
+  set: {team: billing, category: billing, tags: [refund]}
+"""
+
+OUTAGE_WORD = """
+- id: outage
+  when: {text: {contains_any: [down, 宕机, cannot log in], ascii_word: true}}
+  set: {team: sre, category: incident, priority: urgent}
+"""
+
+ANNOTATE_THEN_ROUTE = """
+- id: vip
+  when: {sender_domain: {in: [bigcorp.example]}}
+  set: {priority: high, tags: [vip], notify: [vip]}
+- id: refund
+  when: {text: {contains: refund}}
+  set: {team: billing, tags: [refund]}
+- id: after
+  when: {text: {contains: refund}}
+  set: {tags: [never]}
+"""
+
+CONTINUE = """
+- id: big-order
+  when: {fields.order.amount: {gte: 10000}}
+  set: {team: billing, category: sales, priority: high, tags: [big]}
+  continue: true
+- id: refund
+  when: {text: {contains: refund}}
+  set: {team: sre, category: refunds, tags: [refund, big]}
+- id: after
+  set: {tags: [after]}
+"""
+
+STOP = """
+- id: auto-replies
+  when:
+    any:
+      - header.Auto-Submitted: {exists: true, not_equals: "no"}
+      - subject: {regex: '^(自动回复|auto(matic)? ?reply)'}
+  set: {category: auto-reply, priority: low, tags: [auto]}
+  stop: true
+- id: refund
+  when: {text: {contains: refund}}
+  set: {team: billing}
+"""
+
+PRIORITY = """
+- id: urgent-word
+  when: {subject: {contains: urgent}}
+  set: {priority: urgent, tags: [urgent]}
+- id: low-team
+  when: {text: {contains: invoice}}
+  set: {team: billing, priority: low}
+"""
+
+NEGATION = """
+- id: refund
+  when:
+    all:
+      - text: {contains_any: $refund_words}
+      - not: {text: {contains_any: $refund_not}}
+  set: {team: billing}
+"""
+NEGATION_LISTS = """
+lists:
+  refund_words: [退款, 退钱, refund]
+  refund_not: [不需要退款, no refund needed]
+"""
+
+FIELDS = """
+- id: order
+  when:
+    all:
+      - channel: {equals: webhook}
+      - fields.order.amount: {gte: 10000}
+      - fields.customer.tier: {in: [gold, platinum]}
+  set: {team: billing, tags: [big-order]}
+- id: sku
+  when: {fields.items.0.sku: {starts_with: VIP-}}
+  set: {team: vip}
+"""
+
+HEADERS = """
+- id: list-mail
+  when: {header.List-Id: {contains: announce}}
+  set: {tags: [mailing-list]}
+- id: prio
+  when: {header.x-priority: {lte: 2}}
+  set: {priority: high}
+"""
+
+REGEX_CN = r"""
+- id: invoice-number
+  when: {text: {regex: '(发票|invoice)\s*(号|no\.?|#)\s*[a-z0-9-]{6,}'}}
+  set: {tags: [has-invoice-no]}
+"""
+
+ADDRESSES = """
+- id: sales-inbox
+  when: {to: {equals: sales@corp.example}}
+  set: {team: billing, category: sales}
+- id: partner
+  when: {from: {glob: "*@*.partner.example"}}
+  set: {team: vip}
+- id: name
+  when: {name: {contains: 张}}
+  set: {tags: [zhang]}
+"""
+
+MISSING = """
+- id: no-subject
+  when: {subject: {exists: false}}
+  set: {tags: [no-subject]}
+- id: not-equals-missing
+  when: {header.x-mailer: {not_equals: outlook}}
+  set: {tags: [not-outlook]}
+- id: positive-missing
+  when: {header.x-mailer: {contains: o}}
+  set: {tags: [never]}
+"""
+
+CASE = """
+- id: vip-caps
+  when: {subject: {contains: VIP, case_sensitive: true}}
+  set: {tags: [vip-caps]}
+- id: vip-any
+  when: {subject: {contains: VIP}}
+  set: {tags: [vip-any]}
+"""
+
+MISC = """
+- id: disabled
+  enabled: false
+  when: {text: {contains: refund}}
+  set: {team: sre}
+- id: attachments
+  when: {attachments: {gt: 0}}
+  set: {tags: [has-attachments]}
+- id: all-words
+  when: {body: {contains_all: [order, cancel]}}
+  set: {tags: [cancel-order]}
+- id: ends
+  when: {subject: {ends_with: ["?", "？"]}}
+  set: {tags: [question]}
+- id: use
+  when: {use: from_vip}
+  set: {tags: [vip]}
+- id: sla
+  when: {text: {contains: refund}}
+  set: {team: billing, sla: 2h}
+"""
+MISC_EXTRA = """
+conditions:
+  from_vip: {sender_domain: {in: [bigcorp.example]}}
+sla:
+  medium: {first_response: 1d}
+  urgent: {first_response: 30m}
+"""
+
+CASES: list[Any] = [
+    # Chinese keywords match without word boundaries; full width and case are normalised.
+    (
+        "zh-substring",
+        REFUND,
+        "",
+        {"subject": "我要退款了"},
+        {"team": "billing", "rules": ("refund",)},
+    ),
+    ("full-width", REFUND, "", {"subject": "ＲＥＦＵＮＤ please"}, {"team": "billing"}),
+    ("no-match", REFUND, "", {"subject": "hello"}, {"team": "triage", "fallback": True}),
+    # ascii_word: "down" is not in "download"; Chinese keywords and CJK neighbours unaffected.
+    (
+        "ascii-word-miss",
+        OUTAGE_WORD,
+        "",
+        {"subject": "Cannot download invoice"},
+        {"team": "triage"},
+    ),
+    ("ascii-word-hit", OUTAGE_WORD, "", {"body": "site is DOWN!"}, {"team": "sre"}),
+    ("ascii-word-cjk-neighbours", OUTAGE_WORD, "", {"body": "网站down了"}, {"team": "sre"}),
+    ("ascii-word-zh", OUTAGE_WORD, "", {"subject": "网站宕机了"}, {"priority": "urgent"}),
+    ("ascii-word-phrase", OUTAGE_WORD, "", {"body": "I cannot log in."}, {"team": "sre"}),
+    # An annotating rule continues; a delivering rule stops.
+    (
+        "annotate-then-route",
+        ANNOTATE_THEN_ROUTE,
+        "",
+        {"sender": "cto@BigCorp.example", "subject": "refund"},
+        {
+            "team": "billing",
+            "priority": "high",
+            "tags": ("vip", "refund"),
+            "notify": ("vip",),
+            "rules": ("vip", "refund"),
+            "stopped_at": "refund",
+        },
+    ),
+    # continue: team/category first-writer-wins, tags accumulate without duplicates.
+    (
+        "continue",
+        CONTINUE,
+        "",
+        {"channel": "webhook", "fields": {"order": {"amount": 12000}}, "body": "refund"},
+        {
+            "team": "billing",
+            "category": "sales",
+            "tags": ("big", "refund"),
+            "rules": ("big-order", "refund"),
+            "stopped_at": "refund",
+        },
+    ),
+    (
+        "continue-reaches-catch-all",
+        CONTINUE,
+        "",
+        {"fields": {"order": {"amount": "10000"}}},
+        {"team": "billing", "tags": ("big", "after"), "rules": ("big-order", "after")},
+    ),
+    # stop: true on an annotating rule ends evaluation; the team stays the default.
+    (
+        "stop",
+        STOP,
+        "",
+        {"headers": (("AUTO-SUBMITTED", "auto-replied"),), "subject": "refund"},
+        {
+            "team": "triage",
+            "category": "auto-reply",
+            "priority": "low",
+            "stopped_at": "auto-replies",
+        },
+    ),
+    (
+        "stop-header-no",
+        STOP,
+        "",
+        {"headers": (("Auto-Submitted", "No"),), "body": "refund"},
+        {"team": "billing"},
+    ),
+    ("stop-regex-zh", STOP, "", {"subject": "自动回复：我在休假"}, {"category": "auto-reply"}),
+    # Priority is only raised: a later rule's lower priority does not lower it.
+    (
+        "priority-raised",
+        PRIORITY,
+        "",
+        {"subject": "URGENT invoice"},
+        {"team": "billing", "priority": "urgent", "rules": ("urgent-word", "low-team")},
+    ),
+    ("priority-set-low", PRIORITY, "", {"subject": "invoice"}, {"priority": "low"}),
+    ("priority-default", PRIORITY, "", {"subject": "hi"}, {"priority": "medium"}),
+    # Exception lists for negated phrases.
+    ("negation-hit", NEGATION, NEGATION_LISTS, {"body": "我要退钱"}, {"team": "billing"}),
+    (
+        "negation-except",
+        NEGATION,
+        NEGATION_LISTS,
+        {"body": "问题已解决，不需要退款"},
+        {"team": "triage"},
+    ),
+    # Structured webhook fields by dotted path, numbers compare numerically.
+    (
+        "fields",
+        FIELDS,
+        "",
+        {
+            "channel": "webhook",
+            "fields": {"order": {"amount": 10000.0}, "customer": {"tier": "Gold"}},
+        },
+        {"team": "billing", "tags": ("big-order",)},
+    ),
+    (
+        "fields-small",
+        FIELDS,
+        "",
+        {"channel": "webhook", "fields": {"order": {"amount": 9999}}},
+        {"team": "triage"},
+    ),
+    ("fields-list-index", FIELDS, "", {"fields": {"items": [{"sku": "vip-1"}]}}, {"team": "vip"}),
+    # Header names are case-insensitive; numeric headers compare as numbers.
+    (
+        "headers",
+        HEADERS,
+        "",
+        {"headers": (("LIST-ID", "<Announce.corp>"), ("X-Priority", "1"))},
+        {"tags": ("mailing-list",), "priority": "high"},
+    ),
+    ("regex-zh", REGEX_CN, "", {"body": "请提供发票号 AB-123456"}, {"tags": ("has-invoice-no",)}),
+    ("regex-en", REGEX_CN, "", {"body": "Invoice #ab-12345678"}, {"tags": ("has-invoice-no",)}),
+    ("regex-short", REGEX_CN, "", {"body": "发票号 123"}, {"tags": ()}),
+    # Recipients (any), sender glob, display name.
+    (
+        "to-any",
+        ADDRESSES,
+        "",
+        {"recipients": ("a@corp.example", "SALES@corp.example")},
+        {"team": "billing"},
+    ),
+    ("from-glob", ADDRESSES, "", {"sender": "bob@eu.partner.example"}, {"team": "vip"}),
+    ("name-zh", ADDRESSES, "", {"sender_name": "张三"}, {"tags": ("zhang",)}),
+    # Missing fields: positive operators false, exists: false and negations true.
+    ("missing", MISSING, "", {"body": "x"}, {"tags": ("no-subject", "not-outlook")}),
+    ("case-sensitive", CASE, "", {"subject": "vip customer"}, {"tags": ("vip-any",)}),
+    (
+        "case-sensitive-hit",
+        CASE,
+        "",
+        {"subject": "VIP customer"},
+        {"tags": ("vip-caps", "vip-any")},
+    ),
+    (
+        "misc",
+        MISC,
+        MISC_EXTRA,
+        {
+            "subject": "cancel?",
+            "body": "Order cancel",
+            "attachments": 2,
+            "sender": "a@bigcorp.example",
+        },
+        {
+            "tags": ("has-attachments", "cancel-order", "question", "vip"),
+            "sla_s": 86400.0,
+            "fallback": True,
+        },
+    ),
+    (
+        "explicit-sla",
+        MISC,
+        MISC_EXTRA,
+        {"subject": "refund？"},
+        {"team": "billing", "sla_s": 7200.0},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rules", "extra", "msg", "expected"), [pytest.param(*c[1:], id=c[0]) for c in CASES]
+)
+def test_route(rules: str, extra: str, msg: dict[str, Any], expected: dict[str, Any]) -> None:
+    decision = decide(load(rules, extra), message(**msg))
+    got = {key: getattr(decision, key) for key in expected}
+    assert got == expected
+
+
+def test_traditional_chinese_is_normalised() -> None:
+    pytest.importorskip("opencc")
+    ruleset = load(REFUND.replace("退款", "申请退款"), "settings: {normalize: {chinese: t2s}}\n")
+    assert decide(ruleset, message(subject="申請退款")).team == "billing"
+
+
+def test_keyword_written_full_width_matches_ascii_text() -> None:
+    ruleset = load(REFUND.replace("refund]", "ＲＥＦＵＮＤ]"))
+    assert decide(ruleset, message(body="please refund")).team == "billing"
+
+
+def test_trace_has_spans_for_explain() -> None:
+    ruleset = load(REFUND + OUTAGE_WORD)
+    decision = decide(ruleset, message(subject="Re: 我要退款", body="please"))
+    (entry,) = decision.trace
+    assert entry.rule == "refund"
+    assert entry.matched
+    (cond,) = entry.conditions
+    assert (cond.field, cond.op, cond.matched) == ("text", "contains_any", True)
+    assert [tuple(s) for s in cond.spans] == [("text", 6, 8, "退款")]
+
+
+def test_explain_traces_every_rule_and_leaf() -> None:
+    ruleset = load(NEGATION + OUTAGE_WORD, NEGATION_LISTS)
+    decision = decide(ruleset, message(body="不需要退款"))
+    from rules.engine import explain
+
+    full = explain(ruleset, message(body="不需要退款"))
+    assert [t.rule for t in full.trace] == ["refund", "outage"]
+    assert [c.matched for c in full.trace[0].conditions] == [True, True]
+    assert decision.stopped_at is None
+    assert full.stopped_at is None
+
+
+def test_as_record_is_json_ready() -> None:
+    import json
+
+    decision = decide(load(REFUND), message(subject="refund"))
+    record = decision.as_record()
+    assert json.loads(json.dumps(record)) == record
+    assert set(record) == {
+        "team",
+        "category",
+        "priority",
+        "tags",
+        "notify",
+        "sla_s",
+        "rules",
+        "fallback",
+        "ruleset_hash",
+    }
+    assert record["ruleset_hash"] == load(REFUND).hash
+
+
+def test_evaluate_never_raises() -> None:
+    from rules.engine import evaluate
+
+    ruleset = load(REFUND)
+    decision = evaluate(ruleset, None)  # type: ignore[arg-type]
+    assert decision.team == "triage"
+    assert decision.tags == ("routing-error",)
+    assert decision.fallback
+    assert decision.error
