@@ -77,9 +77,12 @@ class DispatcherConfig(_Strict):
 
 
 class AdminConfig(_Strict):
-    """The operator's HTTP listener: /healthz, /metrics."""
+    """The operator's HTTP listener: /healthz, /metrics, POST /-/reload."""
 
     listen: str | None = Field("127.0.0.1:9108", description="host:port, or null to disable")
+    token: SecretRef | None = Field(
+        None, description="bearer token for POST /-/reload; without it the endpoint is off"
+    )
 
 
 class LogConfig(_Strict):
@@ -92,6 +95,9 @@ class LogConfig(_Strict):
 class _RawConfig(_Strict):
     state_dir: Path = Path("state")
     rules: Path = Path("rules.yaml")
+    rules_watch: Duration = Field(
+        0.0, description="poll the rules file this often and reload on change; 0: off"
+    )
     instance: str = Field(default_factory=socket.gethostname)
     queue: QueueConfig = QueueConfig()
     dispatcher: DispatcherConfig = DispatcherConfig()

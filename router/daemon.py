@@ -64,8 +64,12 @@ class Daemon:
         """Ask for a graceful shutdown. Safe from a signal handler; idempotent."""
         self._stop.set()
 
-    async def reload(self) -> list[Problem]:
-        """Reload the rules off the loop; keep the old ones on error. Returns the errors."""
+    async def reload(self, trigger: str = "signal") -> list[Problem]:
+        """Reload the rules off the loop and swap them in whole; keep the old ones on error.
+
+        Returns the errors (empty on success). Messages being evaluated finish on the ruleset
+        they started with: the dispatcher reads ``self.ruleset`` once per message.
+        """
         async with self._reload_lock:
             systemd.reloading()
             try:
@@ -73,15 +77,42 @@ class Daemon:
             except RuleFileError as exc:
                 errors = [p for p in exc.problems if p.severity == "error"]
                 for problem in errors:
-                    log.error("rules.reload_failed", problem=str(problem))
+                    log.error("rules.reload_failed", trigger=trigger, problem=str(problem))
                 metrics.rules_last_reload_successful.set(0)
+                metrics.rules_reloads.labels(trigger, "failed").inc()
                 systemd.ready(self._status_line())
                 return errors
             old, self.ruleset = self.ruleset, new
             self._rules_loaded()
-            log.info("rules.reloaded", old_hash=old.hash[:12], new_hash=new.hash[:12])
+            metrics.rules_reloads.labels(trigger, "ok").inc()
+            log.info(
+                "rules.reloaded",
+                trigger=trigger,
+                old_hash=old.hash[:12],
+                new_hash=new.hash[:12],
+                rules=len(new.rule_ids),
+                warnings=len(new.warnings),
+            )
             systemd.ready(self._status_line())
             return []
+
+    async def _watch_rules(self, interval_s: float) -> None:
+        """Reload when the rules file's mtime, size or inode changes (editors replace files)."""
+
+        def signature() -> tuple[int, int, int] | None:
+            try:
+                st = self.config.rules.stat()
+            except OSError:
+                return None
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+        last = await asyncio.to_thread(signature)
+        while True:
+            await asyncio.sleep(interval_s)
+            current = await asyncio.to_thread(signature)
+            if current is not None and current != last:
+                last = current
+                await self.reload("watch")
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT → stop (a second SIGINT forces exit), SIGHUP → reload."""
@@ -94,7 +125,7 @@ class Daemon:
 
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, on_int)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload("signal")))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -148,7 +179,14 @@ class Daemon:
         self._queue = queue
         self._rules_loaded()
         if self.config.admin.listen:
-            self.admin = AdminServer(self.config.admin.listen, queue, self.health)
+            token = self.config.admin.token
+            self.admin = AdminServer(
+                self.config.admin.listen,
+                queue,
+                self.health,
+                reload=self.reload,
+                token=token.resolve() if token else None,
+            )
             await self.admin.start()
         self._dispatcher = Dispatcher(
             queue,
@@ -165,6 +203,8 @@ class Daemon:
             await channel.start(queue, tg)
             self.inputs[name] = channel
         self._watchdog = tg.create_task(systemd.watchdog(self._healthy), name="watchdog")
+        if self.config.rules_watch > 0:
+            self._spawn(self._watch_rules(self.config.rules_watch))
         log.info(
             "daemon.started",
             inputs={n: c.type for n, c in self.config.inputs.items()},

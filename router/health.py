@@ -1,19 +1,25 @@
-"""The operator's HTTP listener: ``GET /healthz`` (liveness and readiness) and ``GET /metrics``.
+"""The operator's HTTP listener: ``GET /healthz``, ``GET /metrics`` and ``POST /-/reload``.
 
 Kept apart from the webhook listener so it can stay on loopback while webhooks face the world.
+``POST /-/reload`` needs ``Authorization: Bearer <admin.token>`` (compared in constant time)
+and is off when no token is configured; it answers 200 with the ruleset in force, or 422 with
+every error (``file``, ``line``, ``col``, ``code``, ``message``) while the old rules stay.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from router import metrics
 from router.queue import Queue
+from rules.source import Problem
 
 log = structlog.get_logger()
 
@@ -30,9 +36,16 @@ class AdminServer:
     """Serves health and metrics; ``status()`` supplies the health document."""
 
     def __init__(
-        self, listen: str, queue: Queue, status: Callable[[], Awaitable[dict[str, Any]]]
+        self,
+        listen: str,
+        queue: Queue,
+        status: Callable[[], Awaitable[dict[str, Any]]],
+        *,
+        reload: Callable[[str], Awaitable[list[Problem]]] | None = None,
+        token: SecretStr | None = None,
     ) -> None:
         self._listen, self._queue, self._status = listen, queue, status
+        self._reload, self._token = reload, token
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -41,6 +54,7 @@ class AdminServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/-/reload", self._reload_rules)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await self._runner.setup()
         host, port = split_listen(self._listen)
@@ -70,3 +84,23 @@ class AdminServer:
                 metrics.queue_messages.labels(state).set(getattr(stats, state))
         body = generate_latest(metrics.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return False
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        return hmac.compare_digest(given, self._token.get_secret_value().encode())
+
+    async def _reload_rules(self, request: web.Request) -> web.Response:
+        if self._reload is None or self._token is None:
+            error = "reload over HTTP is off: set admin.token (or send SIGHUP)"
+            return web.json_response({"error": error}, status=403)
+        if not self._authorized(request):
+            return web.json_response({"error": "bad or missing bearer token"}, status=401)
+        errors = await self._reload("http")
+        if errors:
+            problems = [p.as_dict() for p in errors]
+            body = {"error": "rules not reloaded", "problems": problems}
+            return web.json_response(body, status=422)
+        document = await self._status()
+        return web.json_response({"status": "reloaded", "rules": document["rules"]})

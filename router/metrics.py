@@ -62,6 +62,12 @@ rules_last_reload_successful = Gauge(
     "1 if the last rules load succeeded, 0 if it failed (the old rules stay in force).",
     registry=REGISTRY,
 )
+rules_reloads = Counter(
+    "triaged_rules_reloads_total",
+    "Rules reload attempts by trigger (signal, http, watch) and result (ok, failed).",
+    ["trigger", "result"],
+    registry=REGISTRY,
+)
 rules_last_reload_timestamp = Gauge(
     "triaged_rules_last_reload_success_timestamp_seconds",
     "Unix time of the last successful rules load.",

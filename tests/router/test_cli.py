@@ -95,12 +95,12 @@ def test_check_accepts_the_example_config() -> None:
     ("broken", "expected"),
     [
         (
-            "      when: {text: {containz: [退款]}}",
-            "rules.yaml:8:20: ",
+            "    when: {text: {containz: [退款]}}",  # unknown operator
+            'rules.yaml:8:19: E107 unknown operator "containz" (did you mean "contains"?)',
         ),
         (
             "     when: {text: {contains: [退款]}}",  # bad indentation
-            "rules.yaml:8:",
+            "rules.yaml:8:6: E001 invalid YAML",
         ),
     ],
 )

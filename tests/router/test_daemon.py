@@ -126,7 +126,7 @@ async def test_signed_source_accepts_good_signature_and_refuses_bad(
             assert resp.status == 202
         async with asyncio.timeout(30):
             [mail] = await wait_for_mail(cfg.state_dir / "maildir", "aftersales")
-    assert mail["X-Triaged-Source"] == "shop"
+    assert mail["X-Triaged-Source"] == "webhook/shop"
 
 
 async def test_health_and_metrics(tmp_path: Path) -> None:
