@@ -43,6 +43,18 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_listen(value: str) -> tuple[str | None, int]:
+    """Split ``host:port`` (``[::1]:8080`` for IPv6; an empty host means every interface)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen {value!r} must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen {value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
+    return host or None, int(port)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

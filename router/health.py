@@ -18,18 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
 from router import metrics
+from router.config import parse_listen
 from router.queue import Queue
 from rules.source import Problem
 
 log = structlog.get_logger()
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9108"`` or ``"[::1]:9108"`` → (host, port); ``ValueError`` if malformed."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {listen!r} must be host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class AdminServer:
@@ -57,8 +50,8 @@ class AdminServer:
         app.router.add_post("/-/reload", self._reload_rules)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await self._runner.setup()
-        host, port = split_listen(self._listen)
-        site = web.TCPSite(self._runner, host, port)
+        host, port = parse_listen(self._listen)
+        site = web.TCPSite(self._runner, host or "127.0.0.1", port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info("admin.listening", listen=f"{host}:{self.port}")

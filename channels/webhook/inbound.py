@@ -1,108 +1,36 @@
-"""HTTP webhooks: web forms and shop backends POST messages in; tickets are POSTed out.
-
-Inbound, :class:`WebhookChannel` (``type: webhook`` input). One request::
-
-    POST → stopping? 503 → Content-Type 415 → size 413 → token/signature 401 (constant time,
-    before any parsing) → JSON 400 → Message → await sink.put() → 202 {"id": ...}
-
-Endpoints:
-
-- ``POST /v1/messages/{source}``: ``source`` is a name under ``sources:``. The request carries
-  ``X-Triaged-Signature: sha256=<hex HMAC-SHA256 of the raw body>`` (bare hex accepted; header
-  name per source) or ``Authorization: Bearer <token>``, as that source is configured.
-- ``POST /v1/messages``: unsigned; only with ``anonymous: true`` (loopback, quick start), else
-  401. The message's source is the input's name.
-- ``GET /healthz``: 200 ``{"status": "ok"}`` while accepting, 503 ``{"status": "stopping"}``.
-
-Body: ``Content-Type: application/json``, UTF-8, at most ``max_body_bytes``::
-
-    {
-      "from": "cust-42",                   required, non-blank string: customer id or address
-      "text": "我的订单还没发货",            required, non-blank string
-      "name": "王小明",                     optional display name
-      "subject": "订单 A-1001",             optional
-      "conversation_id": "chat-77",        optional: follow-ups join the same ticket
-      "recipients": ["support@shop.example"],  optional array of strings
-      "fields": {"order_id": "A-1001", "tier": "gold"}   optional object, for rules
-    }
-
-Any other top-level key is kept in ``fields`` (the same key at top level and in ``fields`` is
-a 400 rather than silently dropping one). Optional header ``Idempotency-Key``: a retry with
-the same key gets the first message's id and queues nothing new.
-
-Answers: 202 ``{"id": "<message id>"}`` only once the message is durable. Every error is
-``{"error": "<what is wrong>", "field": "<body field>" | null}``: 400 invalid JSON, non-UTF-8
-or a bad field; 401 missing or wrong signature/token; 404 unknown source; 413 body over
-``max_body_bytes``; 415 not ``application/json``; 503 with ``Retry-After`` while the queue is
-unavailable or the input is stopping. Nothing is half-accepted: any error means nothing queued.
-
-Outbound, :class:`WebhookSender` (``type: webhook`` output): one JSON ticket notification per
-delivery (see :func:`notification`), with ``Idempotency-Key`` and the same HMAC signature.
-"""
+"""Inbound webhooks: :class:`WebhookChannel`, the ``type: webhook`` input (package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
-import json
 import re
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal
 
-import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from structlog.contextvars import bound_contextvars
-from yarl import URL
 
+from channels.webhook.signing import SIGNATURE_HEADER, secret_bytes
 from router import metrics
-from router.errors import DeliveryError, PermanentFailure, QueueUnavailable, TemporaryFailure
-from router.interfaces import Delivery, Sink
+from router.config import parse_listen
+from router.errors import QueueUnavailable
+from router.interfaces import Sink
 from router.message import Message, Sender, Thread
 from router.secrets import SecretRef
 
 log = structlog.get_logger()
 
 CHANNEL: Final = "webhook"
-SIGNATURE_HEADER = "X-Triaged-Signature"
 RETRY_AFTER_S = 5  # what 503 answers tell clients; the queue is usually back within seconds
-MAX_TEXT_BYTES = 65_536  # text cap in outbound notifications
 _SHUTDOWN_TIMEOUT_S = 3.0  # in-flight puts are awaited before this; only slow uploads remain
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PATHS = frozenset({"/v1/messages", "/healthz"})
 _SOURCE_PATH = re.compile(r"/v1/messages/[^/]+")
 _NO_THREAD = Thread()
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def parse_listen(value: str) -> tuple[str | None, int]:
-    """Split ``host:port`` (``[::1]:8080`` for IPv6; an empty host means every interface)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen {value!r} must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"listen {value!r}: put an IPv6 address in brackets, e.g. [::1]:8080")
-    return host or None, int(port)
-
-
-def _secret_bytes(owner: str, what: str, ref: SecretRef | None) -> bytes | None:
-    """Resolve ``ref`` now; the error names the input/output, the setting and the variable."""
-    if ref is None:
-        return None
-    try:
-        return ref.resolve().get_secret_value().encode()
-    except LookupError as exc:
-        raise LookupError(f"{owner}: {what}: {exc}") from None
 
 
 class WebhookSourceConfig(BaseModel):
@@ -278,8 +206,8 @@ class WebhookChannel:
         self._sources = {
             name: _Source(
                 name,
-                _secret_bytes(f"webhook input {self.name!r}, source {name!r}", "secret", c.secret),
-                _secret_bytes(f"webhook input {self.name!r}, source {name!r}", "token", c.token),
+                secret_bytes(f"webhook input {self.name!r}, source {name!r}", "secret", c.secret),
+                secret_bytes(f"webhook input {self.name!r}, source {name!r}", "token", c.token),
                 c.signature_header,
             )
             for name, c in self.config.sources.items()
@@ -442,187 +370,3 @@ class WebhookChannel:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if rejected.status == 503 else None
         body = {"error": rejected.error, "field": rejected.field}
         return web.json_response(body, status=rejected.status, headers=headers)
-
-
-def _check_url(value: str) -> str:
-    """Refuse anything but an absolute http(s) URL; the message never quotes the value."""
-    try:
-        url = URL(value)
-    except (ValueError, TypeError):
-        url = URL()
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("url must be an absolute http:// or https:// URL")
-    return value
-
-
-class WebhookOutConfig(BaseModel):
-    """An HTTP endpoint that receives one JSON notification per routed ticket."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["webhook"] = Field(description="Selects this sender.")
-    url: str | SecretRef = Field(
-        description="http(s) URL to POST to; {env: VAR} or {credential: NAME} when the URL "
-        "is itself a secret (Slack-style incoming webhooks)."
-    )
-    timeout_s: float = Field(default=10.0, gt=0, description="Whole-request timeout in seconds.")
-    secret: SecretRef | None = Field(
-        default=None, description="HMAC-SHA256 key; the body is signed as sha256=<hex>."
-    )
-    signature_header: str = Field(
-        default=SIGNATURE_HEADER, description="Header with the signature."
-    )
-    headers: dict[str, str | SecretRef] = Field(
-        default_factory=dict, description="Extra request headers; values may be secrets."
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _literal_url(cls, value: str | SecretRef) -> str | SecretRef:
-        return _check_url(value) if isinstance(value, str) else value
-
-
-def notification(delivery: Delivery) -> bytes:
-    """The JSON body POSTed for one delivery (``v`` versions this shape).
-
-    Keys: ``v``, ``delivery_key``, ``attempt``, ``message_id``, ``team``, ``category``,
-    ``priority``, ``tags``, ``rules``, ``source``, ``channel``, ``received_at`` (ISO 8601, UTC),
-    ``sender`` (``address``, ``name``), ``recipients``, ``subject``, ``text`` (capped at
-    ``MAX_TEXT_BYTES`` of UTF-8, then ``text_truncated`` is true), ``fields``,
-    ``conversation_id``.
-    """
-    message = delivery.message
-    raw = message.text.encode("utf-8", "replace")
-    truncated = len(raw) > MAX_TEXT_BYTES
-    payload = {
-        "v": 1,
-        "delivery_key": delivery.key,
-        "attempt": delivery.attempt,
-        "message_id": message.id,
-        "team": delivery.team,
-        "category": delivery.category,
-        "priority": delivery.priority,
-        "tags": list(delivery.tags),
-        "rules": list(delivery.rules),
-        "source": message.source,
-        "channel": message.channel,
-        "received_at": message.received_at.isoformat(),
-        "sender": {"address": message.sender.address, "name": message.sender.name},
-        "recipients": list(message.recipients),
-        "subject": message.subject,
-        "text": raw[:MAX_TEXT_BYTES].decode("utf-8", "ignore") if truncated else message.text,
-        "text_truncated": truncated,
-        "fields": message.fields,
-        "conversation_id": message.thread.conversation_id,
-    }
-    return json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8", "replace")
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def status_failure(status: int, detail: str, retry_after: str | None) -> DeliveryError:
-    """Map a non-2xx answer (Alertmanager ``Retrier``): 408, 429 and 5xx are temporary."""
-    reason = f"HTTP {status}" + (f": {detail}" if detail else "")
-    if status in (408, 429) or status >= 500:
-        return TemporaryFailure(reason, retry_after_s(retry_after))
-    if 300 <= status < 400:
-        reason += " (redirects are not followed: configure the final URL)"
-    return PermanentFailure(reason)
-
-
-class WebhookSender:
-    """POSTs one JSON ticket notification per delivery (see :func:`notification`)."""
-
-    def __init__(self, name: str, config: WebhookOutConfig) -> None:
-        self.name = name
-        self.config = config
-        self._url = ""
-        self._url_is_secret = not isinstance(config.url, str)
-        self._secret: bytes | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        """Resolve the URL and secrets and open the HTTP session.
-
-        Raises ``LookupError`` naming the output and the variable when a secret is missing,
-        ``ValueError`` when a secret URL is not an http(s) URL.
-        """
-        if self._session is not None:
-            return
-        owner = f"webhook output {self.name!r}"
-        ref = self.config.url
-        if isinstance(ref, SecretRef):
-            try:
-                self._url = _check_url(ref.resolve().get_secret_value())
-            except (LookupError, ValueError) as exc:
-                raise type(exc)(f"{owner}: url ({ref.describe()}): {exc}") from None
-        else:
-            self._url = ref
-        self._secret = _secret_bytes(owner, "secret", self.config.secret)
-        headers = {"Content-Type": "application/json", "User-Agent": "triaged"}
-        for key, value in self.config.headers.items():
-            if isinstance(value, SecretRef):
-                value = (_secret_bytes(owner, f"headers.{key}", value) or b"").decode()
-            headers[key] = value
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
-
-    async def send(self, delivery: Delivery) -> None:
-        """POST the notification; any 2xx is success.
-
-        Raises ``TemporaryFailure`` on 408, 429 and 5xx (with ``retry_after_s`` from
-        ``Retry-After``), timeouts and connection errors; ``PermanentFailure`` on any other
-        status. Reasons never contain the URL when it is a secret.
-        """
-        if self._session is None:
-            raise RuntimeError(f"webhook output {self.name!r}: send() before start()")
-        body = notification(delivery)
-        headers = {"Idempotency-Key": delivery.key}
-        if self._secret is not None:
-            headers[self.config.signature_header] = sign(self._secret, body)
-        try:
-            async with self._session.post(
-                self._url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                if 200 <= response.status < 300:
-                    log.debug("delivery.posted", target=self.name, status=response.status)
-                    return
-                detail = (await response.content.read(200)).decode("utf-8", "replace")
-                status, retry_after = response.status, response.headers.get("Retry-After")
-        except TimeoutError as exc:
-            reason = f"no answer within {self.config.timeout_s:g}s"
-            raise TemporaryFailure(reason) from self._cause(exc)
-        except aiohttp.ClientError as exc:
-            raise TemporaryFailure(f"request failed: {self._describe(exc)}") from self._cause(exc)
-        raise status_failure(status, " ".join(detail.split()), retry_after)
-
-    async def close(self) -> None:
-        """Close the HTTP session. Idempotent."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _describe(self, exc: aiohttp.ClientError) -> str:
-        # aiohttp puts the URL into some messages; a secret URL must not reach logs
-        if not self._url_is_secret:
-            return f"{type(exc).__name__}: {exc}"
-        strerror = getattr(exc, "strerror", None)
-        return type(exc).__name__ + (f": {strerror}" if strerror else "")
-
-    def _cause(self, exc: BaseException) -> BaseException | None:
-        return None if self._url_is_secret else exc
