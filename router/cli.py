@@ -192,3 +192,8 @@ def main() -> None:
         for line in _startup_errors(group):
             click.echo(f"error: {line}", err=True)
         sys.exit(1)
+
+
+from router.rules_cmd import rules_group  # noqa: E402
+
+cli.add_command(rules_group)

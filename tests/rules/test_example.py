@@ -128,17 +128,18 @@ def test_shipped_json_schema_is_current() -> None:
 
 def test_explain_renders_the_trace(ruleset: Any) -> None:
     from rules.engine import explain
-    from rules.explain import render
+    from rules.explain import explanation, render_explanation
 
     facts = message(
         sender="cto@bigcorp.example",
         subject="网站宕机了",
         received_at=datetime(2026, 3, 7, 23, 10, tzinfo=SHANGHAI),
     )
-    text = render(ruleset, explain(ruleset, facts))
-    assert '✓ text contains_any: "宕机" at text[2:4]  (line 62)' in text
-    assert "refund: not evaluated (stopped at outage)" in text
+    text = render_explanation(explanation(ruleset, explain(ruleset, facts), facts))
+    assert '"宕机" at subject[2:4]: 网站«宕机»了' in text
+    assert "   65  · refund: not evaluated (stopped at line 58)" in text
+    assert "(saw 2026-03-07 23:10 +0800 (Saturday))" in text
     assert text.endswith(
-        "RESULT team=sre category=incident priority=urgent sla=1800s"
-        " tags=[vip, off-hours, outage] notify=[vip]"
+        "RESULT team=sre category=incident priority=urgent tags=[vip, off-hours, outage]"
+        " notify=[vip] sla=30m\n       rules fired: vip, off-hours, outage"
     )
