@@ -105,13 +105,24 @@ async def open_queue(
     lease_s: float = 60.0,
     max_attempts: int = 8,
     prefix: str = "triaged:",
+    dedupe_window_s: float = 86400.0,
+    admin: bool = False,
 ) -> Queue:
-    """Open the configured backend (imported lazily so sqlite users need no Redis server)."""
+    """Open the configured backend (imported lazily so sqlite users need no Redis server).
+
+    ``admin``: for operator commands (dead letters, stats) beside a running daemon, never
+    ``take``. SQLite then takes no lock and releases no lease; Redis needs nothing special
+    (``consumer`` names the admin, who never reads).
+    """
     if kind == "sqlite":
         from router.queue.sqlite import SqliteQueue
 
         return await SqliteQueue.open(
-            state_dir / "queue.sqlite3", lease_s=lease_s, max_attempts=max_attempts
+            state_dir / "queue.sqlite3",
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+            dedupe_window_s=dedupe_window_s,
+            admin=admin,
         )
     if redis_url is None:
         raise ValueError("the redis queue needs a redis url")
@@ -123,4 +134,5 @@ async def open_queue(
         lease_s=lease_s,
         max_attempts=max_attempts,
         prefix=prefix,
+        dedupe_window_s=dedupe_window_s,
     )

@@ -1,0 +1,554 @@
+"""The Redis queue backend: one Stream, one consumer group, shared by every daemon.
+
+Place in the flow: inbound channels ``put`` here (via the ``Sink``), the dispatcher ``take``s
+and settles; several daemons on several machines share the stream (that is how triaged
+scales out). Contract: ``router/queue/__init__.py``; key names: ``router/keys.py``.
+
+- ``put``: one writer task flushes every waiting put in ONE pipeline (XADD, or a Lua
+  GET/SET-PX/XADD for a ``dedupe_key``); each caller awaits its own future.
+- ``take``: (1) once after open, this consumer's own pending entries (XREADGROUP id "0": a
+  restart under the same name gets its unsettled leases back at once); (2) due retries are
+  moved from the delayed ZSET to the stream (Lua, so two daemons never double-move) and
+  entries idle longer than ``lease_s`` are taken over with XAUTOCLAIM; (3) XREADGROUP ">"
+  with a short BLOCK on a client whose ``socket_timeout`` exceeds it.
+- ``attempt`` = attempts before the entry was (re)added (field ``a``) + ``times_delivered``.
+  A lease's token is "<entry id> <times_delivered>": nack and dead_letter act only while the
+  entry is still pending with that count, so a stale holder cannot settle a retaken lease.
+- Settling deletes the entry (XACK + XDEL); nothing is ever trimmed with MAXLEN.
+- No caller's cancellation ever reaches redis-py (see :class:`Detached`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import UTC, datetime
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from router.errors import QueueUnavailable
+from router.keys import DEFAULT_PREFIX, GROUP, Keys
+from router.message import Message
+from router.queue import DeadLetter, Lease, QueueStats
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_BATCH = 1000  # puts per pipeline
+_POLL_S = 0.5  # longest XREADGROUP block: how often expired leases and due retries are checked
+
+# KEYS: stream, dedupe key. ARGV: payload, message id, window ms. Returns the id to report.
+_PUT_DEDUPE = """
+local earlier = redis.call('GET', KEYS[2])
+if earlier then return earlier end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'a', '0')
+return ARGV[2]
+"""
+
+# Shared head of the settle scripts. KEYS[1] stream; ARGV[1] group, ARGV[2] entry id,
+# ARGV[3] times_delivered of the lease. Removes the entry if the lease is current and
+# returns its payload, else nil.
+_SETTLE_HEAD = """
+local function take_entry()
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if #p == 0 or p[1][4] ~= tonumber(ARGV[3]) then return nil end
+  local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  if #e == 0 then return nil end
+  local f = e[1][2]
+  for i = 1, #f, 2 do if f[i] == 'm' then return f[i + 1] end end
+  return nil
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local m = take_entry()
+if not m then return 0 end
+"""
+
+# KEYS: stream, delayed. ARGV[4] attempts so far, ARGV[5] retry in ms.
+_RETRY = (
+    _SETTLE_HEAD
+    + """
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[5]), ARGV[4] .. '|' .. m)
+return 1
+"""
+)
+
+# KEYS: stream, dead, dead:info, dead:order. ARGV[4] message id, ARGV[5] info JSON.
+_DEAD = (
+    _SETTLE_HEAD
+    + """
+redis.call('HSET', KEYS[2], ARGV[4], m)
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[4], now_ms(), ARGV[4])
+return 1
+"""
+)
+
+# KEYS: stream. ARGV[4] attempts to keep. A lease taken for a cancelled take() goes back.
+_REQUEUE = (
+    _SETTLE_HEAD
+    + """
+redis.call('XADD', KEYS[1], '*', 'm', m, 'a', ARGV[4])
+return 1
+"""
+)
+
+# KEYS: delayed, stream. ARGV[1] limit. Moves due retries; returns {moved, ms to next or -1}.
+_MOVE_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, member in ipairs(due) do
+  local sep = string.find(member, '|', 1, true)
+  local attempts, payload = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+  redis.call('XADD', KEYS[2], '*', 'm', payload, 'a', attempts)
+  redis.call('ZREM', KEYS[1], member)
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #nxt == 0 then return {#due, -1} end
+return {#due, math.max(0, math.floor(tonumber(nxt[2]) - now))}
+"""
+
+# KEYS: dead, dead:info, dead:order, stream. ARGV: message ids. Returns how many replayed.
+_REPLAY = """
+local n = 0
+for _, id in ipairs(ARGV) do
+  local m = redis.call('HGET', KEYS[1], id)
+  if m then
+    redis.call('XADD', KEYS[4], '*', 'm', m, 'a', '0')
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+@contextlib.contextmanager
+def unavailable(what: str) -> Iterator[None]:
+    """Turn Redis and socket errors into ``QueueUnavailable`` with the cause chained."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(f"redis {what} failed: {exc}") from exc
+
+
+def connect(url: str, *, socket_timeout_s: float) -> Redis:
+    """A client that fails fast enough for callers to hear of an outage."""
+    return Redis.from_url(
+        url,
+        protocol=2,  # RESP2: the reply shapes parsed here (redis-py 8 may default to RESP3)
+        socket_connect_timeout=5,
+        socket_timeout=socket_timeout_s,
+        # a few quick retries, not redis-py's default 10: callers must hear of an outage
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3),
+    )
+
+
+async def _create_group(client: Redis, keys: Keys) -> None:
+    try:
+        await client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Detached:
+    """Runs each Redis operation in its own task, awaited through ``asyncio.shield``.
+
+    Why: redis-py 8.1 asyncio sometimes swallows a cancellation that lands mid-command (the
+    redis/redis-py#2028 family; measured here on ~10 % of cancels): the command returns
+    normally and the cancelled task carries on, e.g. a dispatcher worker that never stops.
+    Here a caller's cancellation only ever hits the shield, so it always raises; the operation
+    itself completes (an ack is never half-sent), and ``drain`` awaits what is still running.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[object]] = set()
+
+    def spawn(self, work: Awaitable[T]) -> asyncio.Future[T]:
+        """Start ``work`` in its own task, tracked until done."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(cast("asyncio.Future[object]", task))
+        task.add_done_callback(self._done)
+        return task
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Run ``work`` detached from the caller's cancellation and return its result."""
+        return await asyncio.shield(self.spawn(work))
+
+    async def drain(self) -> None:
+        """Wait for every spawned task, including those started meanwhile."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _done(self, task: asyncio.Future[T]) -> None:
+        self._tasks.discard(cast("asyncio.Future[object]", task))
+        if not task.cancelled():
+            task.exception()  # mark retrieved: a cancelled caller no longer awaits it
+
+
+class _HasOps(Protocol):
+    _ops: Detached
+
+
+S = TypeVar("S", bound=_HasOps)
+
+
+def detached(
+    method: Callable[Concatenate[S, P], Awaitable[T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Decorate an async method to run through ``self._ops`` (:class:`Detached`)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._ops.run(method(self, *args, **kwargs))
+
+    return wrapper
+
+
+_Waiting = tuple[Message, bytes, "asyncio.Future[str]"]
+
+
+class RedisQueue:
+    """The ``Queue`` on a Redis Stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        reader: Redis,
+        keys: Keys,
+        *,
+        consumer: str,
+        lease_s: float,
+        max_attempts: int,
+        dedupe_window_s: float,
+    ) -> None:
+        self._client = client  # every command except the blocking read
+        self._reader = reader  # XREADGROUP BLOCK only: its socket_timeout exceeds the block
+        self._keys = keys
+        self._consumer = consumer
+        self._lease_ms = max(1, math.ceil(lease_s * 1000))
+        self._poll_ms = max(1, int(min(lease_s, _POLL_S) * 1000))
+        self._wait_ms = self._poll_ms  # the next block: shorter when a retry is due sooner
+        self._max_attempts = max_attempts
+        self._dedupe_ms = max(1, int(dedupe_window_s * 1000))
+        self._scripts = {
+            name: client.register_script(lua)
+            for name, lua in (("retry", _RETRY), ("dead", _DEAD), ("requeue", _REQUEUE))
+        }
+        self._replay_script = client.register_script(_REPLAY)
+        self._recovered = False  # own pending entries left by a previous run handed out
+        self._recover_cursor: bytes | str = "0"
+        self._recover_lock = asyncio.Lock()
+        self._claim_cursor: bytes | str = "0-0"
+        self._pending: list[_Waiting] = []
+        self._wake_writer = asyncio.Event()
+        self._ops = Detached()
+        self._closing = False
+        self._closed = False
+        self._writer = asyncio.create_task(self._write_loop(), name=f"redis-writer:{consumer}")
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        consumer: str,
+        lease_s: float,
+        max_attempts: int,
+        prefix: str = DEFAULT_PREFIX,
+        dedupe_window_s: float = 86400.0,
+    ) -> RedisQueue:
+        """Connect and create the stream and group if missing; ``QueueUnavailable`` if down."""
+        keys = Keys(prefix)
+        client = connect(url, socket_timeout_s=10)
+        reader = connect(url, socket_timeout_s=_POLL_S + 10)
+        try:
+            with unavailable("open"):
+                await _create_group(client, keys)
+        except BaseException:
+            await client.aclose()
+            await reader.aclose()
+            raise
+        return cls(
+            client,
+            reader,
+            keys,
+            consumer=consumer,
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+            dedupe_window_s=dedupe_window_s,
+        )
+
+    async def put(self, message: Message) -> str:
+        """Park the message for the writer's next pipeline; return its id once Redis has it."""
+        if self._closing:
+            raise QueueUnavailable("redis queue is closed")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, message.to_json(), future))
+        self._wake_writer.set()
+        return await future
+
+    async def take(self) -> Lease:
+        """Lease the next message; what a read got for a cancelled caller is handed back."""
+        while True:
+            job = self._ops.spawn(self._take_once())
+            try:
+                lease = await asyncio.shield(job)
+            except asyncio.CancelledError:
+                undo = self._ops.spawn(self._give_back(job))
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still runs
+                    await asyncio.shield(undo)
+                raise
+            if lease is not None:
+                return lease
+
+    @detached
+    async def ack(self, lease: Lease) -> None:
+        """Acknowledge and delete the entry."""
+        entry_id = lease.token.split()[0]
+        with unavailable("ack"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xack(self._keys.stream, GROUP, entry_id)
+            pipe.xdel(self._keys.stream, entry_id)
+            await pipe.execute()
+
+    async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
+        """Into the delayed set for ``retry_in_s``; dead-letter at ``max_attempts``."""
+        if lease.attempt >= self._max_attempts:
+            await self.dead_letter(lease, reason=reason)
+            return
+        retry_ms = max(0, int(retry_in_s * 1000))
+        args: list[str | int] = [lease.attempt, retry_ms]
+        await self._ops.run(self._settle("retry", [self._keys.delayed], lease, args))
+
+    async def dead_letter(self, lease: Lease, *, reason: str) -> None:
+        """Move the entry to dead letters now (only if the lease is still current)."""
+        info = {"reason": reason, "attempts": lease.attempt, "failed_at": time.time()}
+        k = self._keys
+        args: list[str | int] = [lease.message.id, json.dumps(info, ensure_ascii=False)]
+        await self._ops.run(self._settle("dead", [k.dead, k.dead_info, k.dead_order], lease, args))
+
+    @detached
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters."""
+        k = self._keys
+        with unavailable("dead_letters"):
+            ids = cast(list[bytes], await self._client.zrange(k.dead_order, 0, limit - 1))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(k.dead, ids)
+            pipe.hmget(k.dead_info, ids)
+            payloads, infos = await pipe.execute() if ids else ([], [])
+        return [
+            _dead_letter(message_id, payload, json.loads(info))
+            for message_id, payload, info in zip(ids, payloads, infos, strict=True)
+            if payload is not None and info is not None
+        ]
+
+    @detached
+    async def replay(self, ids: list[str] | None = None) -> int:
+        """Back onto the stream with attempts reset; unknown ids are ignored."""
+        k = self._keys
+        keys = [k.dead, k.dead_info, k.dead_order, k.stream]
+        total = 0
+        with unavailable("replay"):
+            if ids is None:
+                while batch := cast(list[bytes], await self._client.zrange(k.dead_order, 0, 499)):
+                    total += int(await self._replay_script(keys, batch))
+            else:
+                for start in range(0, len(ids), 500):
+                    total += int(await self._replay_script(keys, ids[start : start + 500]))
+        return total
+
+    @detached
+    async def stats(self) -> QueueStats:
+        """Counts; expired but not yet retaken leases count as leased."""
+        k = self._keys
+        with unavailable("stats"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xlen(k.stream)
+            pipe.xpending(k.stream, GROUP)
+            pipe.zcard(k.delayed)
+            pipe.hlen(k.dead)
+            length, pending, delayed, dead = await pipe.execute()
+        leased = int(pending["pending"])
+        return QueueStats(ready=max(0, length - leased), leased=leased, delayed=delayed, dead=dead)
+
+    async def close(self) -> None:
+        """Flush parked puts, finish in-flight reads and settles, disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake_writer.set()
+        await self._writer
+        await self._ops.drain()
+        self._closed = True
+        await self._client.aclose()
+        await self._reader.aclose()
+
+    async def _settle(
+        self, script: str, keys: list[str], lease: Lease, args: list[str | int]
+    ) -> None:
+        """Run a settle script (``_SETTLE_HEAD``): only if ``lease`` is still current."""
+        entry_id, delivered = lease.token.split()
+        with unavailable(script):
+            await self._scripts[script](
+                [self._keys.stream, *keys], [GROUP, entry_id, delivered, *args]
+            )
+
+    async def _give_back(self, job: asyncio.Future[Lease | None]) -> None:
+        """Undo a delivery nobody will process: a new entry with the attempts it had."""
+        with contextlib.suppress(QueueUnavailable):  # if this fails, the lease just expires
+            lease = await job
+            if lease is not None:
+                await self._settle("requeue", [], lease, [lease.attempt - 1])
+
+    async def _take_once(self) -> Lease | None:
+        if self._closing:
+            raise QueueUnavailable("redis queue is closed")
+        with unavailable("take"):
+            try:
+                if not self._recovered:
+                    return await self._recover_one()
+                lease = await self._claim_expired()
+                return lease if lease is not None else await self._read_new()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await _create_group(self._client, self._keys)  # the stream was deleted under us
+                return None
+
+    async def _recover_one(self) -> Lease | None:
+        """The next of our own pending entries left by a previous process with our name."""
+        async with self._recover_lock:
+            if self._recovered:
+                return None
+            stream = self._keys.stream
+            reply = await self._client.xreadgroup(
+                GROUP, self._consumer, {stream: self._recover_cursor}, count=1
+            )
+            entries = _entries(reply)
+            if not entries:
+                self._recovered = True
+                return None
+            entry_id, fields = entries[0]
+            self._recover_cursor = entry_id
+            return await self._lease(entry_id, fields, delivered=None)
+
+    async def _claim_expired(self) -> Lease | None:
+        """Move due retries to the stream, then take over one expired lease if any."""
+        k = self._keys
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(_MOVE_DUE, 2, k.delayed, k.stream, 100)
+        pipe.xautoclaim(
+            k.stream, GROUP, self._consumer, self._lease_ms, start_id=self._claim_cursor, count=1
+        )
+        (_, next_due_ms), claim = await pipe.execute()
+        self._wait_ms = self._poll_ms if next_due_ms < 0 else min(next_due_ms, self._poll_ms)
+        # Redis >= 7 replies [cursor, entries, deleted ids] and drops deleted ids from the PEL
+        # itself; 6.2 replies [cursor, entries] with a deleted entry as nil (no id to ack).
+        self._claim_cursor = claim[0]
+        for entry_id, fields in cast(
+            list[tuple[bytes | None, dict[bytes, bytes] | None]], claim[1]
+        ):
+            if entry_id is not None:
+                return await self._lease(entry_id, fields or {}, delivered=None)
+        return None
+
+    async def _read_new(self) -> Lease | None:
+        reply = await self._reader.xreadgroup(
+            GROUP, self._consumer, {self._keys.stream: ">"}, count=1, block=max(1, self._wait_ms)
+        )
+        entries = _entries(reply)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return await self._lease(entry_id, fields, delivered=1)
+
+    async def _lease(
+        self, entry_id: bytes, fields: dict[bytes, bytes], delivered: int | None
+    ) -> Lease | None:
+        if not fields.get(b"m"):  # deleted while pending: nothing to deliver
+            await self._client.xack(self._keys.stream, GROUP, entry_id)
+            return None
+        if delivered is None:  # recovered or claimed: XPENDING knows the delivery count
+            rows = await self._client.xpending_range(
+                self._keys.stream, GROUP, entry_id, entry_id, 1
+            )
+            if not rows:
+                return None  # settled by its previous holder meanwhile
+            delivered = int(rows[0]["times_delivered"])
+        return Lease(
+            message=Message.from_json(fields[b"m"]),
+            token=f"{entry_id.decode()} {delivered}",
+            attempt=int(fields.get(b"a", b"0")) + delivered,
+        )
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                await self._wake_writer.wait()
+                self._wake_writer.clear()
+                continue
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        """One pipeline for the whole batch, then resolve every caller's future."""
+        pipe = self._client.pipeline(transaction=False)
+        for message, payload, _ in batch:
+            if message.dedupe_key is None:
+                pipe.xadd(self._keys.stream, {"m": payload, "a": 0})
+            else:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
+                dedupe = self._keys.dedupe(message.dedupe_key)
+                pipe.eval(
+                    _PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, self._dedupe_ms
+                )
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the writer outlives any batch: the error goes to its callers
+            results = [exc] * len(batch)
+        for (message, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                error = QueueUnavailable(f"redis put failed: {result}")
+                error.__cause__ = result  # one instance per caller: no shared traceback
+                future.set_exception(error)
+            else:
+                future.set_result(message.id if message.dedupe_key is None else result.decode())
+
+
+def _dead_letter(message_id: bytes, payload: bytes, info: dict[str, object]) -> DeadLetter:
+    return DeadLetter(
+        id=message_id.decode(),
+        message=Message.from_json(payload),
+        reason=str(info["reason"]),
+        attempts=int(info["attempts"]),  # type: ignore[call-overload]
+        failed_at=datetime.fromtimestamp(float(info["failed_at"]), UTC),  # type: ignore[arg-type]
+    )
+
+
+def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of a one-stream XREADGROUP reply (RESP2: ``[[stream, entries]]`` or empty)."""
+    streams = cast(list[list[Any]], reply or [])
+    return [(entry_id, fields or {}) for entry_id, fields in streams[0][1]] if streams else []

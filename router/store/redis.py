@@ -1,0 +1,144 @@
+"""The Redis ticket-state store, shared by every daemon on one Redis (keys: ``router/keys.py``).
+
+Place in the flow: the dispatcher records each routing decision and each delivery here (see
+``router/store/__init__.py``).
+
+- delivery log: one SET of targets per message, expiring after the retention.
+- decisions: one HASH per message (``m`` the message JSON, ``d`` the decision JSON) expiring
+  after the retention, indexed by a ZSET scored by decision time (µs); each write trims the index
+  by age, and every ``_PRUNE_EVERY`` writes ``prune`` also deletes the hashes beyond
+  ``max_recent``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from router.keys import DEFAULT_PREFIX, Keys
+from router.message import Message
+from router.queue.redis import Detached, connect, detached, unavailable
+
+_PRUNE_EVERY = 100
+_CHUNK = 1000
+
+
+class RedisStore:
+    """The ``Store`` on Redis."""
+
+    def __init__(self, client: Redis, keys: Keys, *, retention_s: float, max_recent: int) -> None:
+        self._client = client
+        self._keys = keys
+        self._retention_ms = max(1, math.ceil(retention_s * 1000))
+        self._retention_us = self._retention_ms * 1000
+        self._max_recent = max_recent
+        self._writes = 0
+        self._ops = Detached()  # no caller's cancellation reaches redis-py (see Detached)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        retention_s: float,
+        max_recent: int,
+    ) -> RedisStore:
+        """Connect (``QueueUnavailable`` if Redis is down) and prune once."""
+        client = connect(url, socket_timeout_s=10)
+        store = cls(client, Keys(prefix), retention_s=retention_s, max_recent=max_recent)
+        try:
+            await store.prune()
+        except BaseException:
+            await client.aclose()
+            raise
+        return store
+
+    @detached
+    async def delivered(self, message_id: str, target: str) -> bool:
+        """Whether ``message_id`` was already delivered to ``target``."""
+        with unavailable("delivered"):
+            return bool(await self._client.sismember(self._keys.delivered(message_id), target))
+
+    @detached
+    async def record_delivery(self, message_id: str, target: str) -> None:
+        """Remember that ``message_id`` reached ``target``."""
+        key = self._keys.delivered(message_id)
+        with unavailable("record_delivery"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.sadd(key, target)
+            pipe.pexpire(key, self._retention_ms)
+            await pipe.execute()
+
+    async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
+        """Store the message and its decision, replacing an earlier one."""
+        record = json.dumps(decision, ensure_ascii=False)  # TypeError here, in the caller
+        await self._ops.run(self._write_decision(message, record))
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            await self.prune()
+
+    async def _write_decision(self, message: Message, record: str) -> None:
+        key = self._keys.decision(message.id)
+        now_us = time.time_ns() // 1000  # ULIDs of one millisecond are not ordered
+        with unavailable("record_decision"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hset(key, mapping={"m": message.to_json(), "d": record})
+            pipe.pexpire(key, self._retention_ms)
+            pipe.zadd(self._keys.decisions, {message.id: now_us})
+            pipe.zremrangebyscore(self._keys.decisions, "-inf", now_us - self._retention_us)
+            await pipe.execute()
+
+    @detached
+    async def decision(self, message_id: str) -> tuple[Message, dict[str, Any]] | None:
+        """The message and its latest decision, or ``None``."""
+        with unavailable("decision"):
+            payload, record = await self._client.hmget(self._keys.decision(message_id), "m", "d")
+        if payload is None or record is None:
+            return None
+        return Message.from_json(payload), json.loads(record)
+
+    @detached
+    async def recent(self, limit: int = 1000) -> list[tuple[Message, dict[str, Any]]]:
+        """Up to ``limit`` decided messages, newest first (expired ones are skipped)."""
+        with unavailable("recent"):
+            ids = cast(
+                list[bytes], await self._client.zrevrange(self._keys.decisions, 0, limit - 1)
+            )
+            pipe = self._client.pipeline(transaction=False)
+            for message_id in ids:
+                pipe.hmget(self._keys.decision(message_id.decode()), "m", "d")
+            rows = await pipe.execute() if ids else []
+        return [
+            (Message.from_json(payload), json.loads(record))
+            for payload, record in rows
+            if payload is not None and record is not None
+        ]
+
+    @detached
+    async def prune(self) -> None:
+        """Trim the index by age, and delete decisions beyond ``max_recent``."""
+        index = self._keys.decisions
+        cutoff_us = time.time_ns() // 1000 - self._retention_us
+        with unavailable("prune"):
+            await self._client.zremrangebyscore(index, "-inf", cutoff_us)
+            while (over := await self._client.zcard(index) - self._max_recent) > 0:
+                excess = cast(
+                    list[bytes], await self._client.zrange(index, 0, min(over, _CHUNK) - 1)
+                )
+                pipe = self._client.pipeline(transaction=True)
+                pipe.delete(*(self._keys.decision(i.decode()) for i in excess))
+                pipe.zrem(index, *excess)
+                await pipe.execute()
+
+    async def close(self) -> None:
+        """Close the connections. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._ops.drain()
+            await self._client.aclose()

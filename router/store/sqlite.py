@@ -1,0 +1,143 @@
+"""The embedded ticket-state store: ``state.sqlite3`` beside the queue's file.
+
+Place in the flow: the dispatcher records each routing decision and each delivery here (see
+``router/store/__init__.py``). Same machinery as the SQLite queue (``SqliteFile``): the file is
+locked to this process, WAL, every statement on one thread, never on the event loop. Delivery
+records are fsync'd (``synchronous=FULL``): they are what stops a second delivery after a
+crash. Decisions commit with NORMAL (crash-safe; durable with the next delivery record).
+Pruning runs on open and every ``_PRUNE_EVERY`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from router.message import Message
+from router.queue.sqlite import SqliteFile, transaction
+
+_SCHEMA_VERSION = 1
+_SCHEMA = (
+    """CREATE TABLE deliveries (
+        message_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (message_id, target)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX deliveries_at ON deliveries (at)",
+    # seq orders "recent": a new decision for the same message replaces the row (new seq)
+    """CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL UNIQUE,
+        message TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX decisions_at ON decisions (at)",
+)
+_PRUNE_EVERY = 1000
+
+_Record = tuple[str, str]  # message payload, decision JSON
+
+
+class SqliteStore:
+    """The ``Store`` on one SQLite file."""
+
+    def __init__(self, db: SqliteFile, *, retention_s: float, max_recent: int) -> None:
+        self._db = db
+        self._retention_s = retention_s
+        self._max_recent = max_recent
+        self._writes = 0
+
+    @classmethod
+    async def open(cls, path: Path | str, *, retention_s: float, max_recent: int) -> SqliteStore:
+        """Open (creating) the file; ``StateLocked`` if another process holds it."""
+        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION)
+        store = cls(db, retention_s=retention_s, max_recent=max_recent)
+        try:
+            await store.prune()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def delivered(self, message_id: str, target: str) -> bool:
+        """Whether ``message_id`` was already delivered to ``target``."""
+        return await self._db.run(_delivered, message_id, target)
+
+    async def record_delivery(self, message_id: str, target: str) -> None:
+        """Remember durably that ``message_id`` reached ``target``."""
+        sql = "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)"
+        await self._db.run(_write, sql, (message_id, target, time.time()), True)
+        await self._wrote()
+
+    async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
+        """Store the message and its decision, replacing an earlier one."""
+        record = json.dumps(decision, ensure_ascii=False)
+        sql = (
+            "INSERT OR REPLACE INTO decisions (message_id, message, decision, at) VALUES (?,?,?,?)"
+        )
+        params = (message.id, message.to_json().decode(), record, time.time())
+        await self._db.run(_write, sql, params)
+        await self._wrote()
+
+    async def decision(self, message_id: str) -> tuple[Message, dict[str, Any]] | None:
+        """The message and its latest decision, or ``None``."""
+        rows = await self._db.run(
+            _select, "SELECT message, decision FROM decisions WHERE message_id = ?", (message_id,)
+        )
+        return _parse(rows[0]) if rows else None
+
+    async def recent(self, limit: int = 1000) -> list[tuple[Message, dict[str, Any]]]:
+        """Up to ``limit`` decided messages, newest first."""
+        rows = await self._db.run(
+            _select, "SELECT message, decision FROM decisions ORDER BY seq DESC LIMIT ?", (limit,)
+        )
+        return [_parse(row) for row in rows]
+
+    async def prune(self) -> None:
+        """Drop rows older than the retention, and decisions beyond ``max_recent``."""
+        await self._db.run(_prune, time.time() - self._retention_s, self._max_recent)
+
+    async def close(self) -> None:
+        """Close the file. Idempotent."""
+        await self._db.close()
+
+    async def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            await self.prune()
+
+
+def _parse(row: _Record) -> tuple[Message, dict[str, Any]]:
+    return Message.from_json(row[0]), json.loads(row[1])
+
+
+def _delivered(conn: sqlite3.Connection, message_id: str, target: str) -> bool:
+    sql = "SELECT 1 FROM deliveries WHERE message_id = ? AND target = ?"
+    return conn.execute(sql, (message_id, target)).fetchone() is not None
+
+
+def _write(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], durable: bool = False
+) -> None:
+    with transaction(conn, durable=durable):
+        conn.execute(sql, params)
+
+
+def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[_Record]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _prune(conn: sqlite3.Connection, cutoff: float, max_recent: int) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM deliveries WHERE at < ?", (cutoff,))
+        conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM decisions WHERE seq <= "
+            "(SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (max_recent,),
+        )
