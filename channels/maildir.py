@@ -21,6 +21,7 @@ retrying cannot help.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import hashlib
 import json
@@ -29,11 +30,9 @@ import os
 import re
 import secrets
 import threading
-from email import policy
-from email.errors import HeaderParseError
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
+from concurrent.futures import ThreadPoolExecutor
+from email.header import Header
+from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Literal
 
@@ -82,20 +81,26 @@ def _header(value: str) -> str:
     return _CONTROL.sub(" ", _encodable(value)).strip()
 
 
-def _from(message: Message) -> Address:
-    """The customer as From: their address if it is an email, else ``<id@<channel>.invalid>``."""
+def _from(message: Message) -> str:
+    """The customer as From: their address if it is an email, else ``<id@<channel>.invalid>``.
+
+    The display name is RFC 2047 encoded when it is not ASCII.
+    """
     name, address = _header(message.sender.name), _header(message.sender.address)
-    if _EMAIL.fullmatch(address):
-        try:
-            return Address(display_name=name, addr_spec=address)
-        except (ValueError, IndexError, HeaderParseError):
-            pass  # looked like an address but is not one: use the placeholder
-    local = _NOT_LOCAL.sub("_", address).strip("_")[:48]
-    if local != address:  # keep distinct ids distinct once their odd characters are gone
-        local = f"{local or 'id'}-{hashlib.sha1(address.encode()).hexdigest()[:8]}"
-    return Address(
-        display_name=name or address, username=local, domain=f"{message.channel}.invalid"
-    )
+    if not _EMAIL.fullmatch(address):
+        local = _NOT_LOCAL.sub("_", address).strip("_")[:48]
+        if local != address:  # keep distinct ids distinct once their odd characters are gone
+            local = f"{local or 'id'}-{hashlib.sha1(address.encode()).hexdigest()[:8]}"
+        name = name or address
+        address = f"{local}@{message.channel}.invalid"
+    return formataddr((name, address), charset="utf-8")
+
+
+def _encoded(value: str) -> str:
+    """An unstructured header value: as is when ASCII, else RFC 2047 encoded-words."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", header_name="Subject").encode(linesep="\n")
 
 
 def _subject(message: Message) -> str:
@@ -135,27 +140,40 @@ def _notes(delivery: Delivery) -> str:
 
 
 def build(delivery: Delivery) -> bytes:
-    """The RFC 5322 mail for a delivery; non-ASCII headers are RFC 2047 encoded."""
+    """The RFC 5322 mail for a delivery; non-ASCII headers are RFC 2047 encoded.
+
+    Written with the email package's encoders rather than an ``EmailMessage`` under
+    ``policy.default``, which re-parses and refolds every header: that cost 1.6 ms of CPU per
+    mail, more than the rest of the pipeline together. Header values have every control
+    character replaced (no header injection); the body is UTF-8, 8bit when every line fits
+    RFC 5322's 998 octets, else base64.
+    """
     message = delivery.message
-    mail = EmailMessage(policy=policy.default)
-    mail["From"] = _from(message)
-    mail["Subject"] = _subject(message)
-    mail["Date"] = format_datetime(message.received_at)
-    mail["Message-ID"] = f"<{file_name(delivery)}@triaged.invalid>"
-    for name, value in (
-        ("X-Triaged-Message-Id", message.id),
-        ("X-Triaged-Team", delivery.team),
-        ("X-Triaged-Category", delivery.category),
-        ("X-Triaged-Priority", delivery.priority),
-        ("X-Triaged-Tags", ", ".join(delivery.tags)),
-        ("X-Triaged-Rules", ", ".join(delivery.rules)),
-        ("X-Triaged-Source", f"{message.channel}/{message.source}"),
-        ("X-Triaged-Sender", message.sender.address),
-    ):
-        mail[name] = _header(value)
+    headers = [
+        ("From", _from(message)),
+        ("Subject", _encoded(_subject(message))),
+        ("Date", format_datetime(message.received_at)),
+        ("Message-ID", f"<{file_name(delivery)}@triaged.invalid>"),
+        ("X-Triaged-Message-Id", _header(message.id)),
+        ("X-Triaged-Team", _encoded(_header(delivery.team))),
+        ("X-Triaged-Category", _encoded(_header(delivery.category))),
+        ("X-Triaged-Priority", _encoded(_header(delivery.priority))),
+        ("X-Triaged-Tags", _encoded(_header(", ".join(delivery.tags)))),
+        ("X-Triaged-Rules", _encoded(_header(", ".join(delivery.rules)))),
+        ("X-Triaged-Source", _encoded(_header(f"{message.channel}/{message.source}"))),
+        ("X-Triaged-Sender", _encoded(_header(message.sender.address))),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="utf-8"'),
+    ]
     text = message.text if message.text.endswith("\n") else message.text + "\n"
-    mail.set_content(_encodable(text + _notes(delivery)), charset="utf-8")
-    return mail.as_bytes()
+    body = _encodable(text + _notes(delivery)).replace("\r\n", "\n").encode("utf-8")
+    if max(map(len, body.split(b"\n"))) <= 998:
+        headers.append(("Content-Transfer-Encoding", "8bit"))
+    else:
+        headers.append(("Content-Transfer-Encoding", "base64"))
+        body = base64.encodebytes(body)
+    head = "".join(f"{name}: {value}\n" for name, value in headers)
+    return head.encode("ascii") + b"\n" + body
 
 
 def _fsync_dir(path: Path) -> None:
@@ -175,7 +193,41 @@ def _delivered(folder: Path, base: str) -> bool:
     return False
 
 
-def _write(folder: Path, base: str, data: bytes) -> None:
+class _DirSync:
+    """Coalesces directory fsyncs: a caller waits for one fsync that began after it arrived.
+
+    Renames into ``new/`` become durable with an fsync of ``new/``; one fsync covers every
+    rename done before it started, so concurrent deliveries share one instead of one each.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started: dict[Path, int] = {}
+        self._done: dict[Path, int] = {}
+        self._running: set[Path] = set()
+
+    def sync(self, path: Path) -> None:
+        """Return once an fsync of ``path`` that started after this call has completed."""
+        with self._cond:
+            needed = self._started.get(path, 0) + 1
+            while self._done.get(path, 0) < needed:
+                if path not in self._running:
+                    self._running.add(path)
+                    generation = self._started[path] = self._started.get(path, 0) + 1
+                    break
+                self._cond.wait()
+            else:
+                return
+        try:
+            _fsync_dir(path)
+        finally:
+            with self._cond:
+                self._running.discard(path)
+                self._done[path] = max(self._done.get(path, 0), generation)
+                self._cond.notify_all()
+
+
+def _write(folder: Path, base: str, data: bytes, dir_sync: _DirSync) -> None:
     """tmp/ → write, fsync → rename into new/ → fsync new/ (the Maildir protocol)."""
     tmp = folder / "tmp" / f"{base}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
@@ -188,7 +240,7 @@ def _write(folder: Path, base: str, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder / "new")
+    dir_sync.sync(folder / "new")
 
 
 class MaildirSender:
@@ -199,6 +251,9 @@ class MaildirSender:
         self.config = config
         self._ready: set[str] = set()  # teams whose folder exists with cur/ new/ tmp/
         self._prepare_lock = threading.Lock()  # sends run in worker threads, maybe at once
+        self._dir_sync = _DirSync()
+        # Own threads: fsync waits are long, and many at once let the file system batch them.
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"maildir-{name}")
 
     async def start(self) -> None:
         """Create the root directory if needed; raise ``OSError`` if it is not writable."""
@@ -213,7 +268,8 @@ class MaildirSender:
         """
         folder = self._folder(delivery.team)
         try:
-            written = await asyncio.to_thread(self._deliver, folder, delivery)
+            loop = asyncio.get_running_loop()
+            written = await loop.run_in_executor(self._executor, self._deliver, folder, delivery)
         except OSError as exc:
             self._ready.discard(delivery.team)  # re-create the folder next time if it vanished
             raise _failure(exc) from exc
@@ -223,7 +279,8 @@ class MaildirSender:
         log.debug(event, target=self.name, team=delivery.team)
 
     async def close(self) -> None:
-        """Nothing to release (files are closed after each write)."""
+        """Stop the writer threads (files are closed after each write). Idempotent."""
+        self._executor.shutdown(wait=True)
 
     def _check_root(self) -> None:
         root = self.config.path
@@ -243,9 +300,14 @@ class MaildirSender:
                 self._prepare(folder)
                 self._ready.add(delivery.team)
         base = file_name(delivery)
-        if _delivered(folder, base):
+        # A first attempt cannot have an earlier copy a reader moved to cur/: look in new/ only
+        # (one stat). A retry — maybe after a crash between the write and the delivery log —
+        # scans both folders, which costs time in proportion to the folder's size.
+        if os.path.lexists(folder / "new" / base) or (
+            delivery.attempt > 1 and _delivered(folder, base)
+        ):
             return False
-        _write(folder, base, build(delivery))
+        _write(folder, base, build(delivery), self._dir_sync)
         return True
 
     def _prepare(self, folder: Path) -> None:

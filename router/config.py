@@ -83,7 +83,7 @@ class RetryConfig(_Strict):
 class DispatcherConfig(_Strict):
     """The workers that take messages, apply the rules and deliver."""
 
-    workers: int = Field(4, ge=0, le=256, description="0: accept and queue, deliver nothing")
+    workers: int = Field(32, ge=0, le=1024, description="concurrent deliveries; 0: queue only")
     retry: RetryConfig = RetryConfig()
     stop_timeout: Duration = Field(20.0, description="how long to finish in-flight work on stop")
 

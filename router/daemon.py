@@ -8,6 +8,7 @@ and call ``stop()``/``reload()`` directly.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -97,19 +98,22 @@ class Daemon:
             return []
 
     async def _watch_rules(self, interval_s: float) -> None:
-        """Reload when the rules file's mtime, size or inode changes (editors replace files)."""
+        """Reload when the rules file's content changes.
 
-        def signature() -> tuple[int, int, int] | None:
+        Content, not mtime and size: an edit of the same length within one timestamp tick
+        would go unseen. The file is small and read every ``interval_s`` off the loop.
+        """
+
+        def digest() -> bytes | None:
             try:
-                st = self.config.rules.stat()
+                return hashlib.sha256(self.config.rules.read_bytes()).digest()
             except OSError:
                 return None
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-        last = await asyncio.to_thread(signature)
+        last = await asyncio.to_thread(digest)
         while True:
             await asyncio.sleep(interval_s)
-            current = await asyncio.to_thread(signature)
+            current = await asyncio.to_thread(digest)
             if current is not None and current != last:
                 last = current
                 await self.reload("watch")

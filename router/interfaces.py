@@ -74,6 +74,9 @@ class Sender(Protocol):
     async def send(self, delivery: Delivery) -> None:
         """Deliver once per ``delivery.key``.
 
+        ``attempt == 1`` means no earlier attempt ran for this key, so a sender may skip an
+        expensive already-delivered check then (the dispatcher's delivery log covers replays).
+
         Raise ``TemporaryFailure(reason, retry_after_s)`` when worth retrying, or
         ``PermanentFailure(reason)`` when not.
         """

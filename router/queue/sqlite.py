@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from router.errors import QueueUnavailable, StateLocked, TriagedError
+from router.errors import QueueUnavailable
 from router.message import Message
 from router.queue import DeadLetter, Lease, QueueStats
+from router.sqlite import SqliteFile, transaction
 
 T = TypeVar("T")
 
@@ -64,103 +62,6 @@ _SCHEMA = (
 )
 _PRUNE_EVERY = 256  # batches between dedupe-table prunes
 _RECHECK_S = 1.0  # an idle taker looks again at least this often (admin replays)
-
-
-class SqliteFile:
-    """A SQLite database owned by this process: a held lock file plus one connection thread."""
-
-    def __init__(self, path: Path, lock_fd: int | None) -> None:
-        self.path = path
-        self._lock_fd = lock_fd
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-
-    @classmethod
-    async def open(
-        cls, path: Path, schema: Sequence[str], version: int, *, lock: bool = True
-    ) -> SqliteFile:
-        """Lock ``path`` (``StateLocked`` if held), connect in WAL + FULL, create the schema."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = cls(path, _lock(path.with_name(path.name + ".lock")) if lock else None)
-        try:
-            await db.run(db._connect, schema, version)
-        except BaseException:
-            await db.close()
-            raise
-        return db
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run ``fn(connection, *args)`` on the database thread; ``QueueUnavailable`` on failure."""
-        if self._closed:
-            raise QueueUnavailable(f"{self.path} is closed")
-        loop = asyncio.get_running_loop()
-        try:
-            # shielded: cancelling the caller must not drop a job still queued for the thread
-            # (an ack would be lost); once submitted, a statement runs
-            return await asyncio.shield(loop.run_in_executor(self._executor, self._call, fn, args))
-        except (sqlite3.Error, OSError) as exc:
-            raise QueueUnavailable(f"{self.path}: {exc}") from exc
-
-    async def close(self) -> None:
-        """Close the connection, stop the thread, release the lock. Idempotent."""
-        if self._closed:
-            return
-        if self._conn is not None:
-            with contextlib.suppress(QueueUnavailable):
-                await self.run(lambda conn: conn.close())
-        self._closed = True
-        self._executor.shutdown(wait=False)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-
-    def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
-        if self._conn is None:  # only _connect runs before the connection exists
-            return fn(*args)
-        return fn(self._conn, *args)
-
-    def _connect(self, schema: Sequence[str], version: int) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
-        conn.execute("PRAGMA journal_mode=WAL")
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
-        if current > version:
-            conn.close()
-            raise TriagedError(f"{self.path} has schema {current}, newer than this triaged's")
-        if current == 0:
-            with transaction(conn, durable=True):
-                for statement in schema:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={int(version)}")
-        self._conn = conn
-
-
-def _lock(lock_path: Path) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise StateLocked(f"{lock_path} is held by another process (pid {owner})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-@contextlib.contextmanager
-def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[None]:
-    """One write transaction; ``durable`` ones are fsync'd before COMMIT returns.
-
-    A FULL commit also makes every earlier NORMAL commit of the file durable (one WAL).
-    """
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # --- statements; each runs on the database thread ------------------------------------------
@@ -204,18 +105,16 @@ def _claim(conn: sqlite3.Connection, now: float, lease_s: float, token: str) -> 
     ).fetchone()
     if row is None:
         return None, conn.execute("SELECT MIN(due) FROM messages WHERE dead = 0").fetchone()[0]
-    with transaction(conn):
-        conn.execute(
-            "UPDATE messages SET leased = 1, due = ?, attempts = attempts + 1, token = ? "
-            "WHERE id = ?",
-            (now + lease_s, token, row[0]),
-        )
+    conn.execute(
+        "UPDATE messages SET leased = 1, due = ?, attempts = attempts + 1, token = ? WHERE id = ?",
+        (now + lease_s, token, row[0]),
+    )
     return (row[0], row[1], row[2] + 1), None
 
 
-def _settle(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
-    with transaction(conn):
-        conn.execute(sql, params)
+def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
+    """One statement, inside the group transaction of ``SqliteFile.write``."""
+    conn.execute(sql, params)
 
 
 def _dead_letters(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, int, float]]:
@@ -285,8 +184,8 @@ class SqliteQueue:
         db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not admin)
         if not admin:
             try:
-                await db.run(
-                    _settle,
+                await db.write(
+                    _execute,
                     "UPDATE messages SET leased = 0, due = ?, token = NULL WHERE leased = 1",
                     (time.time(),),
                 )
@@ -321,15 +220,15 @@ class SqliteQueue:
     async def ack(self, lease: Lease) -> None:
         """Delete the message for good."""
         sql = "DELETE FROM messages WHERE id = ? AND dead = 0"
-        await self._db.run(_settle, sql, (lease.message.id,))
+        await self._db.write(_execute, sql, (lease.message.id,))
 
     async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
         """Ready again in ``retry_in_s``; dead-letter once ``max_attempts`` is reached."""
         if lease.attempt >= self._max_attempts:
             await self.dead_letter(lease, reason=reason)
             return
-        await self._db.run(
-            _settle,
+        await self._db.write(
+            _execute,
             "UPDATE messages SET leased = 0, due = ?, token = NULL, reason = ? "
             "WHERE id = ? AND token = ?",
             (time.time() + retry_in_s, reason, lease.message.id, lease.token),
@@ -338,8 +237,8 @@ class SqliteQueue:
 
     async def dead_letter(self, lease: Lease, *, reason: str) -> None:
         """Move the message to dead letters now (only if the lease is still current)."""
-        await self._db.run(
-            _settle,
+        await self._db.write(
+            _execute,
             "UPDATE messages SET dead = 1, leased = 0, token = NULL, reason = ?, failed_at = ? "
             "WHERE id = ? AND token = ?",
             (reason, time.time(), lease.message.id, lease.token),
@@ -387,7 +286,7 @@ class SqliteQueue:
     async def _claim(self) -> tuple[Lease | None, float | None]:
         """Claim on the thread; if our caller is cancelled meanwhile, give the row back first."""
         token = secrets.token_hex(8)
-        job = asyncio.ensure_future(self._db.run(_claim, time.time(), self._lease_s, token))
+        job = asyncio.ensure_future(self._db.write(_claim, time.time(), self._lease_s, token))
         try:
             claimed, next_due = await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -409,8 +308,8 @@ class SqliteQueue:
                 await self._undo_claim(claimed[0], token)
 
     async def _undo_claim(self, message_id: str, token: str) -> None:
-        await self._db.run(
-            _settle,
+        await self._db.write(
+            _execute,
             "UPDATE messages SET leased = 0, due = ?, attempts = attempts - 1, token = NULL "
             "WHERE id = ? AND token = ?",
             (time.time(), message_id, token),
@@ -434,7 +333,7 @@ class SqliteQueue:
         now = time.time()
         try:
             if self._batches % _PRUNE_EVERY == 0:
-                await self._db.run(_settle, "DELETE FROM dedupe WHERE expires <= ?", (now,))
+                await self._db.write(_execute, "DELETE FROM dedupe WHERE expires <= ?", (now,))
             ids = await self._db.run(_insert, [put for put, _ in batch], now, self._dedupe_window_s)
         except Exception as exc:  # the writer outlives any batch: the error goes to its callers
             for _, future in batch:

@@ -33,7 +33,7 @@ class Store(Protocol):
         """Whether ``message_id`` was already delivered to ``target`` (within retention)."""
 
     async def record_delivery(self, message_id: str, target: str) -> None:
-        """Remember, durably, that ``message_id`` reached ``target``."""
+        """Remember that ``message_id`` reached ``target``; survives a crash of the process."""
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
         """Store the message with its routing decision (a JSON-able dict); replaces an earlier one.

@@ -1,11 +1,14 @@
 """The embedded ticket-state store: ``state.sqlite3`` beside the queue's file.
 
 Place in the flow: the dispatcher records each routing decision and each delivery here (see
-``router/store/__init__.py``). Same machinery as the SQLite queue (``SqliteFile``): the file is
-locked to this process, WAL, every statement on one thread, never on the event loop. Delivery
-records are fsync'd (``synchronous=FULL``): they are what stops a second delivery after a
-crash. Decisions commit with NORMAL (crash-safe; durable with the next delivery record).
-Pruning runs on open and every ``_PRUNE_EVERY`` writes.
+``router/store/__init__.py``). Same machinery as the SQLite queue (``router/sqlite.py``): the
+file is locked to this process, WAL, every statement on one thread, never on the event loop,
+and every write waiting at one moment shares one group commit. Writes commit with
+``synchronous=NORMAL``: they survive a crash or ``kill -9`` of the process (WAL), which is what
+stops a second delivery after a crash. A power cut may undo the last ones; then the senders'
+own idempotency stops the duplicate (Maildir looks for the file on a retry, webhooks carry an
+``Idempotency-Key``), so no fsync per delivery is paid. Pruning runs on open and every
+``_PRUNE_EVERY`` writes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from router.message import Message
-from router.queue.sqlite import SqliteFile, transaction
+from router.sqlite import SqliteFile
 
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -69,9 +72,9 @@ class SqliteStore:
         return await self._db.run(_delivered, message_id, target)
 
     async def record_delivery(self, message_id: str, target: str) -> None:
-        """Remember durably that ``message_id`` reached ``target``."""
+        """Remember that ``message_id`` reached ``target`` (survives a process crash)."""
         sql = "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)"
-        await self._db.run(_write, sql, (message_id, target, time.time()), True)
+        await self._db.write(_execute, sql, (message_id, target, time.time()))
         await self._wrote()
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
@@ -81,7 +84,7 @@ class SqliteStore:
             "INSERT OR REPLACE INTO decisions (message_id, message, decision, at) VALUES (?,?,?,?)"
         )
         params = (message.id, message.to_json().decode(), record, time.time())
-        await self._db.run(_write, sql, params)
+        await self._db.write(_execute, sql, params)
         await self._wrote()
 
     async def decision(self, message_id: str) -> tuple[Message, dict[str, Any]] | None:
@@ -100,7 +103,7 @@ class SqliteStore:
 
     async def prune(self) -> None:
         """Drop rows older than the retention, and decisions beyond ``max_recent``."""
-        await self._db.run(_prune, time.time() - self._retention_s, self._max_recent)
+        await self._db.write(_prune, time.time() - self._retention_s, self._max_recent)
 
     async def close(self) -> None:
         """Close the file. Idempotent."""
@@ -121,11 +124,8 @@ def _delivered(conn: sqlite3.Connection, message_id: str, target: str) -> bool:
     return conn.execute(sql, (message_id, target)).fetchone() is not None
 
 
-def _write(
-    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], durable: bool = False
-) -> None:
-    with transaction(conn, durable=durable):
-        conn.execute(sql, params)
+def _execute(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
+    conn.execute(sql, params)
 
 
 def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[_Record]:
@@ -133,11 +133,10 @@ def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> l
 
 
 def _prune(conn: sqlite3.Connection, cutoff: float, max_recent: int) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM deliveries WHERE at < ?", (cutoff,))
-        conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
-        conn.execute(
-            "DELETE FROM decisions WHERE seq <= "
-            "(SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (max_recent,),
-        )
+    conn.execute("DELETE FROM deliveries WHERE at < ?", (cutoff,))
+    conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
+    conn.execute(
+        "DELETE FROM decisions WHERE seq <= "
+        "(SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (max_recent,),
+    )

@@ -1,0 +1,188 @@
+"""SQLite files owned by this process: one lock, one connection on one thread, group commit.
+
+Place in the flow: the embedded queue (``router/queue/sqlite.py``) and the ticket-state store
+(``router/store/sqlite.py``) each own one :class:`SqliteFile`. SQLite never runs on the event
+loop. Writes go through :meth:`SqliteFile.write`: every write waiting at one moment runs in
+one transaction — one ``COMMIT`` (and one fsync when any of them asks for durability) for all
+workers instead of one each, which is what lets settle throughput grow with the number of
+workers. Each write has its own savepoint, so one failing statement fails only its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from router.errors import QueueUnavailable, StateLocked, TriagedError
+
+T = TypeVar("T")
+_Job = tuple[Callable[..., Any], tuple[object, ...], bool, "asyncio.Future[Any]"]
+
+
+class SqliteFile:
+    """A SQLite database owned by this process: a held lock file plus one connection thread."""
+
+    def __init__(self, path: Path, lock_fd: int | None) -> None:
+        self.path = path
+        self._lock_fd = lock_fd
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._jobs: list[_Job] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, path: Path, schema: Sequence[str], version: int, *, lock: bool = True
+    ) -> SqliteFile:
+        """Lock ``path`` (``StateLocked`` if held), connect in WAL + FULL, create the schema."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = cls(path, _lock(path.with_name(path.name + ".lock")) if lock else None)
+        try:
+            await db.run(db._connect, schema, version)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(connection, *args)`` on the database thread; ``QueueUnavailable`` on failure."""
+        if self._closed:
+            raise QueueUnavailable(f"{self.path} is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            # shielded: cancelling the caller must not drop a job still queued for the thread
+            # (an ack would be lost); once submitted, a statement runs
+            return await asyncio.shield(loop.run_in_executor(self._executor, self._call, fn, args))
+        except (sqlite3.Error, OSError) as exc:
+            raise QueueUnavailable(f"{self.path}: {exc}") from exc
+
+    async def write(self, fn: Callable[..., T], *args: object, durable: bool = False) -> T:
+        """Run ``fn(connection, *args)`` in the next group transaction; return its result.
+
+        ``fn`` must not open a transaction itself. ``durable``: the commit is fsync'd before this
+        returns (``synchronous=FULL``); otherwise it survives a crash of the process but maybe
+        not of the machine. ``QueueUnavailable`` when ``fn`` or the commit fails.
+        """
+        if self._closed:
+            raise QueueUnavailable(f"{self.path} is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.append((fn, args, durable, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name=f"sqlite-writes:{self.path}")
+        # shielded: a caller cancelled after queueing still gets its write done (an ack)
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._jobs:
+            jobs, self._jobs = self._jobs, []
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, jobs)
+            except (sqlite3.Error, OSError) as exc:
+                for *_, future in jobs:
+                    if not future.done():
+                        error = QueueUnavailable(f"{self.path}: {exc}")
+                        error.__cause__ = exc
+                        future.set_exception(error)
+                continue
+            for (*_, future), (ok, value) in zip(jobs, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    error = QueueUnavailable(f"{self.path}: {value}")
+                    error.__cause__ = value
+                    future.set_exception(error)
+
+    def _run_batch(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        out: list[tuple[bool, Any]] = []
+        with transaction(conn, durable=any(durable for _, _, durable, _ in jobs)):
+            for fn, args, _, _ in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = fn(conn, *args)
+                except (sqlite3.Error, ValueError, TypeError) as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    out.append((False, exc))
+                    continue
+                conn.execute("RELEASE job")
+                out.append((True, value))
+        return out
+
+    async def close(self) -> None:
+        """Finish queued writes, close the connection, stop the thread, release the lock.
+
+        Idempotent.
+        """
+        if self._closed:
+            return
+        if self._drainer is not None:
+            with contextlib.suppress(Exception):
+                await self._drainer
+        if self._conn is not None:
+            with contextlib.suppress(QueueUnavailable):
+                await self.run(lambda conn: conn.close())
+        self._closed = True
+        self._executor.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+
+    def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        if self._conn is None:  # only _connect runs before the connection exists
+            return fn(*args)
+        return fn(self._conn, *args)
+
+    def _connect(self, schema: Sequence[str], version: int) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > version:
+            conn.close()
+            raise TriagedError(f"{self.path} has schema {current}, newer than this triaged's")
+        if current == 0:
+            with transaction(conn, durable=True):
+                for statement in schema:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={int(version)}")
+        self._conn = conn
+
+
+def _lock(lock_path: Path) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StateLocked(f"{lock_path} is held by another process (pid {owner})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[None]:
+    """One write transaction; ``durable`` ones are fsync'd before COMMIT returns.
+
+    A FULL commit also makes every earlier NORMAL commit of the file durable (one WAL).
+    """
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
