@@ -1,11 +1,14 @@
 """Compile checked rules into a ``Program``: shared automata, regex sets, and a rule index.
 
 * Every keyword of every rule on one field (and view) goes into ONE ``ahocorasick_rs``
-  automaton; ``subject``, ``body`` and ``text`` share one, run once over ``text``.
+  automaton over UTF-8 bytes; ``subject``, ``body`` and ``text`` share one, run once over
+  ``text`` (scanning bytes is ~1.3x faster than ``str``, whose offsets the crate converts).
 * Every regex and glob on one field goes into one RE2 ``Set`` (plus a compiled regex each,
-  for spans); ``equals``/``in`` become frozensets.
-* Each rule is filed under the atoms its condition requires (``nodes.*.triggers``): per
-  message only rules with a satisfied atom, plus the rules with no such atom, are evaluated.
+  for spans), also matched against the UTF-8 bytes; ``equals``/``in`` become frozensets.
+* Each rule is filed under the atoms its condition requires (``nodes.*.triggers``): a
+  keyword, a regex, a value, a field that exists, or a number comparison (``gte: 10000`` is
+  an atom satisfied by the message's number, not by the field's mere presence); per message
+  only rules with a satisfied atom, plus the rules with no such atom, are evaluated.
 """
 
 from __future__ import annotations
@@ -65,11 +68,12 @@ class RegexSet:
         except re2.error:  # too big for RE2's set memory: search one by one instead
             self._set = None
 
-    def matches(self, text: str) -> list[int]:
-        """Indexes of the patterns found in ``text``."""
+    def matches(self, hay: bytes) -> list[int]:
+        """Indexes of the patterns found in the UTF-8 text ``hay``."""
         if self._set is None:
+            text = hay.decode("utf-8")
             return [i for i, rx in enumerate(self.regexes) if rx.search(text) is not None]
-        return self._set.Match(text) or []
+        return self._set.Match(hay) or []
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class CompiledRule:
 
     rule: Rule
     node: Any
+    id: str = ""  # the rule's id and line, for its trace entry
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,14 +91,18 @@ class Program:
     """Everything ``engine.evaluate`` needs beyond the ruleset's settings."""
 
     rules: tuple[CompiledRule, ...]
-    automata: Mapping[Key, Any]  # (scope, view) → AhoCorasick; scope "text" = the text group
+    automata: Mapping[Key, Any]  # (scope, view) → BytesAhoCorasick; scope "text" = text group
+    keywords: Mapping[Key, tuple[str, ...]]  # (scope, view) → the automaton's keywords, by id
     regex_sets: Mapping[Key, RegexSet]  # (field, view)
-    kw_index: Mapping[Key, Mapping[int, tuple[int, ...]]]
+    kw_index: Mapping[Key, Sequence[tuple[int, ...]]]  # keyword id → rules, () for none
     rx_index: Mapping[Key, Mapping[int, tuple[int, ...]]]
     val_index: Mapping[Key, Mapping[str, tuple[int, ...]]]
     ex_index: Mapping[str, tuple[int, ...]]
     always: frozenset[int]  # rules without a required atom: evaluated for every message
     stats: Mapping[str, int] = field(default_factory=dict)
+    num_index: Mapping[str, Mapping[tuple[str, float], tuple[int, ...]]] = field(
+        default_factory=dict
+    )  # field → (gt|gte|lt|lte, limit) → rules
 
 
 def scope_of(field_name: str) -> str:
@@ -143,9 +153,14 @@ class _Builder:
         raise ValueError(f"unknown operator {op!r}")
 
 
+def _by_keyword(table: Mapping[int, tuple[int, ...]], count: int) -> tuple[tuple[int, ...], ...]:
+    """A keyword-id → rules table as a tuple: indexing beats ``dict.get`` per hit."""
+    return tuple(table.get(kw, ()) for kw in range(count))
+
+
 def _index(rules: Sequence[CompiledRule]) -> tuple[dict[str, Any], frozenset[int]]:
     index: dict[str, Any] = {
-        kind: defaultdict(lambda: defaultdict(list)) for kind in ("kw", "rx", "val")
+        kind: defaultdict(lambda: defaultdict(list)) for kind in ("kw", "rx", "val", "num")
     }
     exists: dict[str, list[int]] = defaultdict(list)
     always = set()
@@ -174,17 +189,25 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
     """Compile the enabled ``rules`` of a checked file."""
     builder = _Builder(calendars)
     compiled = tuple(
-        CompiledRule(rule, builder.node(rule.when) if rule.when is not None else None)
+        CompiledRule(
+            rule,
+            builder.node(rule.when) if rule.when is not None else None,
+            rule.id,
+            rule.where.line,
+        )
         for rule in rules
         if rule.enabled
     )
     automata = {
-        key: ahocorasick_rs.AhoCorasick(list(table))
+        key: ahocorasick_rs.BytesAhoCorasick([k.encode() for k in table])
         for key, table in builder.keywords.items()
         if table
     }
     regex_sets = {key: RegexSet(list(table)) for key, table in builder.patterns.items() if table}
     index, always = _index(compiled)
+    kw_index = {
+        key: _by_keyword(table, len(builder.keywords[key])) for key, table in index["kw"].items()
+    }
     stats = {
         "rules": len(compiled),
         "keywords": sum(len(t) for t in builder.keywords.values()),
@@ -192,13 +215,15 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         "unindexed": len(always),
     }
     return Program(
-        compiled,
-        automata,
-        regex_sets,
-        index["kw"],
-        index["rx"],
-        index["val"],
-        index["ex"],
-        always,
-        stats,
+        rules=compiled,
+        automata=automata,
+        keywords={key: tuple(table) for key, table in builder.keywords.items()},
+        regex_sets=regex_sets,
+        kw_index=kw_index,
+        rx_index=index["rx"],
+        val_index=index["val"],
+        ex_index=index["ex"],
+        always=always,
+        stats=stats,
+        num_index=index["num"],
     )

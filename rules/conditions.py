@@ -30,7 +30,7 @@ from rules.model import (
 from rules.normalize import View, canonical, is_cjk, is_short_keyword
 from rules.patterns import glob_to_regex, regex_error, with_view
 from rules.schema import describe, dotted, suggest
-from rules.source import Document, Problem, Severity, position
+from rules.source import Document, Problem, Severity, YamlMap, YamlSeq, position
 
 Path = list[str | int]
 Item = tuple[object, Path]  # a literal and where it was written
@@ -72,6 +72,7 @@ class ConditionParser:
         self._resolved: dict[str, Node | None] = {}
         self._stack: list[str] = []
         self._seen: set[tuple[int, int, str]] = set()
+        self._containers: dict[tuple[str | int, ...], YamlMap | YamlSeq] = {}
 
     # -- problems and positions -------------------------------------------------------------
 
@@ -93,9 +94,27 @@ class ConditionParser:
         self.out.append(problem)
 
     def where(self, path: Path) -> Where:
-        """The ``Where`` of the node at ``path``."""
-        line, col, _ = position(self.doc.data, path)
-        return Where(dotted(path), line, col)
+        """The ``Where`` of the node at ``path``.
+
+        Mappings and lists the parser walks through are registered by path, so a node is
+        placed in one step from its parent instead of a walk from the root (4,000+ nodes in
+        a 1,000-rule file).
+        """
+        parent = self._containers.get(tuple(path[:-1])) if path else None
+        step = path[-1] if path else None
+        if type(parent) is YamlMap and step in parent.keys_at:
+            line, col = parent.keys_at[step][2:]
+        elif type(parent) is YamlSeq and type(step) is int and 0 <= step < len(parent):
+            line, col = parent.items_at[step]
+        else:
+            line, col, _ = position(self.doc.data, path)
+            return Where(dotted(path), line, col)
+        return Where(dotted(path), line + 1, col + 1)
+
+    def enter(self, node: object, path: Path) -> None:
+        """Register a mapping or list the parser is about to read (see ``where``)."""
+        if type(node) is YamlMap or type(node) is YamlSeq:
+            self._containers[tuple(path)] = node
 
     # -- combinators --------------------------------------------------------------------------
 
@@ -106,6 +125,7 @@ class ConditionParser:
             hint = " (leave out when: to match every message)" if node == {} else ""
             self.report(path, "E109", f"{msg}; got {describe(node)}{hint}")
             return None
+        self.enter(node, path)
         terms = [self._term(key, value, [*path, key]) for key, value in node.items()]
         if any(t is None for t in terms):
             return None
@@ -119,6 +139,7 @@ class ConditionParser:
                     path, "E109", f'"{key}" takes a list of conditions, got {describe(value)}'
                 )
                 return None
+            self.enter(value, path)
             children = [self.parse(c, [*path, i]) for i, c in enumerate(value)]
             if any(c is None for c in children):
                 return None
@@ -183,6 +204,7 @@ class ConditionParser:
             msg = f'field "{key}" needs a mapping of operators, like {key}: {example}'
             self.report(path, "E109", f"{msg}; got {describe(spec)}")
             return None
+        self.enter(spec, path)
         opts: dict[str, bool] = {}
         for name in OPTIONS:
             value = spec.get(name, False)

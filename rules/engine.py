@@ -1,16 +1,21 @@
 """Evaluate one message against a compiled ruleset: ``evaluate(ruleset, facts) -> Decision``.
 
 Pure and synchronous. Per message: normalise the fields rules look at (once each), run each
-keyword automaton once, each regex set once, look the values up in the rule index, then
+keyword automaton once over the UTF-8 of its field (subject, body and text share one pass),
+each regex set once, look the values up in the rule index, then
 evaluate only the candidate rules in file order with the stop/continue semantics of
-``rules.decision``. ``explain=True`` evaluates every rule without the index and without
-short-circuits, so the trace shows every leaf; it decides exactly the same.
+``rules.decision``. The trace lists the rules evaluated and their leaves, with spans for
+keyword and value hits. ``explain=True`` evaluates every rule without the index and without
+short-circuits, so the trace shows every leaf, and regex leaves get spans too (one more RE2
+search each, so not in routine evaluations); it decides exactly the same.
 ``evaluate`` never raises: an internal error gives the defaults tagged ``routing-error``.
 """
 
 from __future__ import annotations
 
-from rules.compiler import Program
+from collections.abc import Collection
+
+from rules.compiler import Program, scope_of
 from rules.decision import (
     Accumulator,
     ConditionTrace,
@@ -19,65 +24,88 @@ from rules.decision import (
     Span,
     error_decision,
 )
-from rules.fields import TEXT_GROUP, Facts, FieldReader
-from rules.normalize import View
+from rules.fields import Facts, FieldReader
+from rules.nodes import COMPARE
+from rules.normalize import View, as_number
 from rules.ruleset import RuleSet
 
 __all__ = ["ConditionTrace", "Decision", "Facts", "RuleTrace", "Span", "evaluate"]
 
-Hits = dict[int, list[tuple[int, str, int, int]]]  # keyword id → (value index, value, start, end)
+Match = tuple[int, int, int]  # (keyword id, start, end): byte offsets into one value
+Hit = tuple[int, bytes, int, int, int]  # (value index, the value's UTF-8, start, end, keyword)
 
 
 class Scan:
-    """Per-message caches shared by all rules: keyword hits, regex-set results, values."""
+    """Per-message caches shared by all rules: keyword hits, regex-set results.
 
-    __slots__ = ("_hits", "_rx", "full", "prog", "reader")
+    Keywords of ``subject``, ``body`` and ``text`` are found by ONE automaton pass over the
+    UTF-8 of ``text`` (subject + "\\n" + body); a hit ending within the subject is also a
+    subject hit, one starting after the newline a body hit.
+    """
+
+    __slots__ = ("_found", "_ids", "_rx", "full", "prog", "reader")
 
     def __init__(self, prog: Program, reader: FieldReader, full: bool) -> None:
         self.prog, self.reader, self.full = prog, reader, full
-        self._hits: dict[tuple[str, View], Hits] = {}
+        self._found: dict[tuple[str, View], list[list[Match]]] = {}
+        self._ids: dict[tuple[str, View], set[int]] = {}
         self._rx: dict[tuple[str, View], frozenset[int]] = {}
 
-    def keyword_hits(self, field: str, view: View) -> Hits:
-        """Every occurrence of every keyword of ``field``'s automaton (overlapping)."""
-        key = (field, view)
-        hits = self._hits.get(key)
-        if hits is not None:
-            return hits
-        if field in TEXT_GROUP:
-            self._scan_text(view)
-            return self._hits[key]
-        hits = {}
-        automaton = self.prog.automata.get(key)
-        values = self.reader.strings(field, view)
-        if automaton is not None and values:
-            for vi, value in enumerate(values):
-                for kw, start, end in automaton.find_matches_as_indexes(value, overlapping=True):
-                    hits.setdefault(kw, []).append((vi, value, start, end))
-        self._hits[key] = hits
-        return hits
+    def _matches(self, scope: str, view: View) -> list[list[Match]]:
+        """The automaton's overlapping matches in each value of ``scope`` (one pass each)."""
+        key = (scope, view)
+        found = self._found.get(key)
+        if found is None:
+            automaton = self.prog.automata.get(key)
+            values = self.reader.encoded(scope, view) if automaton is not None else None
+            find = automaton.find_matches_as_indexes if automaton is not None else None
+            found = [find(v, overlapping=True) for v in values] if find and values else []
+            self._found[key] = found
+        return found
 
-    def _scan_text(self, view: View) -> None:
-        """One pass over ``text`` yields the hits of subject, body and text."""
-        subject: Hits = {}
-        body: Hits = {}
-        text: Hits = {}
-        automaton = self.prog.automata.get(("text", view))
-        joined = self.reader.strings("text", view)
-        if automaton is not None and joined:
-            hay = joined[0]
-            subj = (self.reader.strings("subject", view) or ("",))[0]
-            rest = (self.reader.strings("body", view) or ("",))[0]
-            cut = len(subj)
-            for kw, start, end in automaton.find_matches_as_indexes(hay, overlapping=True):
-                text.setdefault(kw, []).append((0, hay, start, end))
-                if end <= cut:
-                    subject.setdefault(kw, []).append((0, subj, start, end))
-                elif start > cut:
-                    body.setdefault(kw, []).append((0, rest, start - cut - 1, end - cut - 1))
-        self._hits[("subject", view)] = subject
-        self._hits[("body", view)] = body
-        self._hits[("text", view)] = text
+    def _cut(self, view: View) -> int:
+        """Byte length of the subject: where the body starts in ``text`` (after a newline)."""
+        return len((self.reader.encoded("subject", view) or (b"",))[0])
+
+    def keyword_ids(self, field: str, view: View) -> set[int]:
+        """Ids of the keywords of ``field``'s automaton that occur in it."""
+        key = (field, view)
+        ids = self._ids.get(key)
+        if ids is None:
+            found = self._matches(scope_of(field), view)
+            if field == "subject" and found:
+                cut = self._cut(view)
+                ids = {kw for kw, _, end in found[0] if end <= cut}
+            elif field == "body" and found:
+                cut = self._cut(view)
+                ids = {kw for kw, start, _ in found[0] if start > cut}
+            else:
+                ids = {m[0] for matches in found for m in matches}
+            self._ids[key] = ids
+        return ids
+
+    def hits(self, field: str, view: View, wanted: Collection[int]) -> list[Hit]:
+        """Occurrences of the ``wanted`` keywords in ``field``, offsets into its own value."""
+        found = self._matches(scope_of(field), view)
+        values = self.reader.encoded(field, view)
+        if not found or not values:
+            return []
+        if field == "subject":
+            cut, hay = self._cut(view), values[0]
+            return [(0, hay, s, e, kw) for kw, s, e in found[0] if e <= cut and kw in wanted]
+        if field == "body":
+            cut, hay = self._cut(view), values[0]
+            return [
+                (0, hay, s - cut - 1, e - cut - 1, kw)
+                for kw, s, e in found[0]
+                if s > cut and kw in wanted
+            ]
+        return [
+            (vi, values[vi], s, e, kw)
+            for vi, matches in enumerate(found)
+            for kw, s, e in matches
+            if kw in wanted
+        ]
 
     def regex_matches(self, field: str, view: View) -> frozenset[int]:
         """Ids of the field's regexes that match at least one of its values."""
@@ -85,11 +113,10 @@ class Scan:
         found = self._rx.get(key)
         if found is None:
             regex_set = self.prog.regex_sets.get(key)
-            values = self.reader.strings(field, view)
+            values = self.reader.encoded(field, view) if regex_set is not None else None
             ids: set[int] = set()
-            if regex_set is not None and values:
-                for value in values:
-                    ids.update(regex_set.matches(value))
+            for value in values or ():
+                ids.update(regex_set.matches(value))  # type: ignore[union-attr]
             found = self._rx[key] = frozenset(ids)
         return found
 
@@ -97,9 +124,9 @@ class Scan:
         """Indexes of the rules that may match, in file order."""
         prog, reader = self.prog, self.reader
         found = set(prog.always)
-        for (scope, view), table in prog.kw_index.items():
-            for kw in self.keyword_hits(scope, view):
-                found.update(table.get(kw, ()))
+        for (scope, view), by_keyword in prog.kw_index.items():
+            for kw in self.keyword_ids(scope, view):
+                found.update(by_keyword[kw])
         for (field, view), table in prog.rx_index.items():
             for rid in self.regex_matches(field, view):
                 found.update(table.get(rid, ()))
@@ -109,6 +136,12 @@ class Scan:
         for field, rules in prog.ex_index.items():
             if reader.raw(field) is not None:
                 found.update(rules)
+        for field, limits in prog.num_index.items():
+            numbers = [n for n in map(as_number, reader.raw(field) or ()) if n is not None]
+            for (op, limit), rules in limits.items() if numbers else ():
+                compare = COMPARE[op]
+                if any(compare(n, limit) for n in numbers):
+                    found.update(rules)
         return sorted(found)
 
 
@@ -118,15 +151,19 @@ def _evaluate(ruleset: RuleSet, facts: Facts, explain: bool) -> Decision:
     order = range(len(prog.rules)) if explain else scan.candidates()
     acc = Accumulator()
     trace: list[RuleTrace] = []
+    rules = prog.rules
     for index in order:
-        compiled = prog.rules[index]
-        rule = compiled.rule
+        compiled = rules[index]
         rec: list[ConditionTrace] = []
-        matched = compiled.node is None or compiled.node.test(scan, rec)
-        trace.append(RuleTrace(rule.id, rule.where.line, matched, tuple(rec)))
-        if matched and acc.fire(rule):
+        node = compiled.node
+        matched = node is None or node.test(scan, rec)
+        trace.append(_new_trace(RuleTrace, (compiled.id, compiled.line, matched, tuple(rec))))
+        if matched and acc.fire(compiled.rule):
             break
     return acc.decision(ruleset, tuple(trace))
+
+
+_new_trace = tuple.__new__  # builds the NamedTuple without its keyword-handling __new__
 
 
 def evaluate(ruleset: RuleSet, facts: Facts, *, explain: bool = False) -> Decision:

@@ -15,7 +15,7 @@ rule can never fire · W401 unused list · W402 unused condition.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -27,7 +27,7 @@ from rules.checks import unreachable_rules, unused
 from rules.compiler import compile_program
 from rules.conditions import ConditionParser
 from rules.model import PRIORITIES_DESC, Action, Defaults, Rule, SlaPolicy, Team, Where
-from rules.normalize import Normalizer, NormalizerUnavailable, View
+from rules.normalize import Normalizer, NormalizerUnavailable, Pipeline, View
 from rules.ruleset import RuleSet
 from rules.schema import (
     REQUIRED,
@@ -42,7 +42,7 @@ from rules.schema import (
     problems_of,
     suggest,
 )
-from rules.source import Document, Problem, YamlFileError, load_yaml, plain
+from rules.source import Document, Problem, YamlFileError, gc_paused, load_yaml, plain
 
 __all__ = ["RuleFileError", "RuleSet", "load_file", "load_text"]
 
@@ -77,6 +77,11 @@ def load_file(path: Path | str, *, outputs: Collection[str] | None = None) -> Ru
 
 def load_text(text: str, file: str, *, outputs: Collection[str] | None = None) -> RuleSet:
     """Load and compile rule-file ``text`` (``file`` names it in problems)."""
+    with gc_paused():  # the intermediate objects are freed before the collector resumes
+        return _load_text(text, file, outputs)
+
+
+def _load_text(text: str, file: str, outputs: Collection[str] | None) -> RuleSet:
     try:
         doc = load_yaml(text, file)
     except YamlFileError as exc:
@@ -105,7 +110,7 @@ class _Loader:
                 self.doc.problem([], "E109", f"{msg}; got {describe(plain(self.doc.data))}")
             )
             return None
-        raw: dict[str, Any] = plain(self.doc.data)
+        raw: dict[str, Any] = self.doc.data  # a YamlMap: a dict, read only
         self._top_level(raw)
         given = raw.get("settings")
         settings = self._validate(SettingsModel, {} if given is None else given, ["settings"])
@@ -199,7 +204,7 @@ class _Loader:
 
     # -- sections -------------------------------------------------------------------------
 
-    def _views(self, settings: SettingsModel) -> dict[View, Callable[[str], str]]:
+    def _views(self, settings: SettingsModel) -> dict[View, Pipeline]:
         norm = settings.normalize
         try:
             return Normalizer(norm.nfkc, norm.casefold, norm.chinese).build()
@@ -243,6 +248,7 @@ class _Loader:
             return []
         rules: list[Rule] = []
         first_line: dict[str, int] = {}
+        parser.enter(items, ["rules"])  # each rule is then placed in one step
         for i, item in enumerate(items):
             path: list[str | int] = ["rules", i]
             where = parser.where(path)

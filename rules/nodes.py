@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 from rules.calendars import Calendar
 from rules.decision import ConditionTrace, Span
 from rules.model import Leaf
-from rules.normalize import View, as_number, boundary_ok
+from rules.normalize import View, as_number, boundary_ok_bytes, char_offset
 
 if TYPE_CHECKING:
-    from rules.engine import Scan
+    from rules.engine import Hit, Scan
 
 Trigger = tuple[str, tuple[str, View] | str, Any]  # (kind, key, atom)
-_RANK = {"kw": 0, "rx": 1, "val": 2, "ex": 3}
+_RANK = {"kw": 0, "rx": 1, "val": 2, "num": 3, "ex": 3}
 _MAX_SPANS = 16
-_COMPARE: dict[str, Callable[[float, float], bool]] = {
+_new_trace = _new_span = tuple.__new__  # builds NamedTuples without keyword handling
+COMPARE: dict[str, Callable[[float, float], bool]] = {
     "gt": operator.gt,
     "gte": operator.ge,
     "lt": operator.lt,
@@ -43,17 +44,25 @@ def _label(field: str, index: int, count: int) -> str:
 
 
 class LeafNode:
-    """Base for leaves: ``info`` is the static part of the trace entry."""
+    """Base for leaves: ``info`` is the static part of the trace entry; the entries without
+    spans are made once (they are immutable) and shared by every evaluation."""
 
-    __slots__ = ("field", "leaf", "view")
+    __slots__ = ("field", "info", "leaf", "traced", "view")
 
     def __init__(self, leaf: Leaf) -> None:
         self.leaf, self.field, self.view = leaf, leaf.field, leaf.view
+        self.info = (leaf.where.path, leaf.where.line, leaf.field, leaf.op)
+        self.traced = (
+            _new_trace(ConditionTrace, (*self.info, False, ())),
+            _new_trace(ConditionTrace, (*self.info, True, ())),
+        )
 
     def record(self, rec: list[ConditionTrace] | None, ok: bool, spans: tuple[Span, ...]) -> bool:
+        """Append this leaf's trace entry to ``rec`` (when tracing) and return ``ok``."""
         if rec is not None:
-            where = self.leaf.where
-            rec.append(ConditionTrace(where.path, where.line, self.field, self.leaf.op, ok, spans))
+            rec.append(
+                _new_trace(ConditionTrace, (*self.info, ok, spans)) if spans else self.traced[ok]
+            )
         return ok
 
     def triggers(self) -> list[Trigger] | None:
@@ -63,41 +72,54 @@ class LeafNode:
 class KeywordNode(LeafNode):
     """contains / contains_any / contains_all, answered from the shared automaton's hits."""
 
-    __slots__ = ("every", "ids", "keywords", "scope", "word")
+    __slots__ = ("every", "id_set", "ids", "keywords", "scope", "word")
 
     def __init__(self, leaf: Leaf, scope: str, ids: tuple[int, ...]) -> None:
         super().__init__(leaf)
-        self.scope, self.ids = scope, ids
+        self.scope, self.ids, self.id_set = scope, ids, frozenset(ids)
         self.keywords = dict(zip(ids, literals(leaf), strict=True))
         self.every = leaf.op == "contains_all"
         self.word = leaf.ascii_word
 
-    def _occurrences(self, hits: dict[int, list[Any]], kw: int) -> list[Any]:
-        found = hits.get(kw)
-        if not found or not self.word:
-            return found or []
-        return [h for h in found if boundary_ok(h[1], h[2], h[3])]
-
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        hits = scan.keyword_hits(self.field, self.view)
-        if self.every:
-            ok = all(self._occurrences(hits, k) for k in self.ids)
-        elif not self.word:
-            ok = not self.keywords.keys().isdisjoint(hits)
-        else:
-            ok = any(self._occurrences(hits, k) for k in hits if k in self.keywords)
-        return self.record(rec, ok, self._spans(scan, hits) if ok and rec is not None else ())
+        ids = scan.keyword_ids(self.field, self.view)
+        ok = self.id_set <= ids if self.every else not self.id_set.isdisjoint(ids)
+        hits = None
+        if ok and self.word:  # the automaton found them; are some on word boundaries?
+            hits = self._bounded(scan.hits(self.field, self.view, self.id_set & ids))
+            found = {h[4] for h in hits}
+            ok = found >= self.id_set if self.every else bool(found)
+        if not ok or rec is None:
+            return self.record(rec, ok, ())
+        if hits is None:
+            hits = scan.hits(self.field, self.view, self.id_set)
+        return self.record(rec, ok, self._spans(scan, hits))
 
-    def _spans(self, scan: Scan, hits: dict[int, list[Any]]) -> tuple[Span, ...]:
-        count = len(scan.reader.strings(self.field, self.view) or ())
-        spans = [
-            Span(_label(self.field, vi, count), start, end, self.keywords[k])
-            for k in hits
-            if k in self.keywords
-            for vi, _, start, end in self._occurrences(hits, k)
-        ]
-        spans.sort()
-        return tuple(spans[:_MAX_SPANS])
+    @staticmethod
+    def _bounded(hits: list[Hit]) -> list[Hit]:
+        return [h for h in hits if boundary_ok_bytes(h[1], h[2], h[3])]
+
+    def _spans(self, scan: Scan, hits: list[Hit]) -> tuple[Span, ...]:
+        """The first hits as spans: character offsets into the normalised value, in order."""
+        count = len(scan.reader.encoded(self.field, self.view) or ())
+        keywords = self.keywords
+        if len(hits) == 1 and count == 1:  # the common case
+            _, hay, start, _, kw = hits[0]
+            chars = char_offset(hay, start)
+            return (_new_span(Span, (self.field, chars, chars + len(keywords[kw]), keywords[kw])),)
+        ordered = sorted(
+            (_label(self.field, vi, count), start, end, keywords[kw], hay)
+            for vi, hay, start, end, kw in hits
+        )
+        spans = []
+        label, done, chars = "", 0, 0  # byte offsets → characters, incrementally per value
+        for field, start, _, keyword, hay in ordered[:_MAX_SPANS]:
+            if field != label:
+                label, done, chars = field, 0, 0
+            chars += char_offset(hay, start, done)
+            done = start
+            spans.append(Span(field, chars, chars + len(keyword), keyword))
+        return tuple(spans)
 
     def triggers(self) -> list[Trigger] | None:
         key = (self.scope, self.view)
@@ -108,7 +130,8 @@ class KeywordNode(LeafNode):
 
 
 class RegexNode(LeafNode):
-    """regex / glob: whether it matched comes from the field's RE2 set pass."""
+    """regex / glob: whether it matched comes from the field's RE2 set pass; where it matched
+    (one more RE2 search over the value) is worked out for explain runs only."""
 
     __slots__ = ("regex", "rid")
 
@@ -118,16 +141,19 @@ class RegexNode(LeafNode):
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         ok = self.rid in scan.regex_matches(self.field, self.view)
-        spans: tuple[Span, ...] = ()
-        if ok and rec is not None:
-            values = scan.reader.strings(self.field, self.view) or ()
-            found = [(i, self.regex.search(v)) for i, v in enumerate(values)]
-            spans = tuple(
-                Span(_label(self.field, i, len(values)), m.start(), m.end(), m.group(0))
-                for i, m in found
-                if m is not None
-            )
-        return self.record(rec, ok, spans)
+        if not ok or rec is None or not scan.full:  # spans cost one more search: explain only
+            return self.record(rec, ok, ())
+        values = scan.reader.encoded(self.field, self.view) or ()
+        spans = []
+        for i, hay in enumerate(values):
+            found = self.regex.search(hay)  # on the UTF-8 the set matched: byte offsets
+            if found is not None:
+                start = char_offset(hay, found.start())
+                text = hay[found.start() : found.end()].decode("utf-8")
+                spans.append(
+                    Span(_label(self.field, i, len(values)), start, start + len(text), text)
+                )
+        return self.record(rec, ok, tuple(spans))
 
     def triggers(self) -> list[Trigger] | None:
         return [("rx", (self.field, self.view), self.rid)]
@@ -145,6 +171,8 @@ class ValueNode(LeafNode):
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         values = scan.reader.strings(self.field, self.view) or ()
+        if len(values) == 1 and values[0] not in self.values:  # the common case: one value
+            return self.record(rec, self.negate, ())
         found = [i for i, v in enumerate(values) if v in self.values]
         ok = bool(found) != self.negate
         spans: tuple[Span, ...] = ()
@@ -179,6 +207,9 @@ class AffixNode(LeafNode):
             ok = any(v.endswith(self.affixes) for v in values)
         return self.record(rec, ok, ())
 
+    def triggers(self) -> list[Trigger] | None:
+        return [("ex", self.field, None)]  # a missing field starts and ends with nothing
+
 
 class ExistsNode(LeafNode):
     """exists: true / false (an empty string or list counts as missing)."""
@@ -201,12 +232,15 @@ class NumberNode(LeafNode):
     def __init__(self, leaf: Leaf) -> None:
         super().__init__(leaf)
         assert isinstance(leaf.value, float)
-        self.compare, self.limit = _COMPARE[leaf.op], leaf.value
+        self.compare, self.limit = COMPARE[leaf.op], leaf.value
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         numbers = (as_number(v) for v in scan.reader.raw(self.field) or ())
         ok = any(n is not None and self.compare(n, self.limit) for n in numbers)
         return self.record(rec, ok, ())
+
+    def triggers(self) -> list[Trigger] | None:
+        return [("num", self.field, (self.leaf.op, self.limit))]
 
 
 class TimeNode(LeafNode):
@@ -235,7 +269,10 @@ class AllNode:
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         if scan.full:
             return all([c.test(scan, rec) for c in self.children])
-        return all(c.test(scan, rec) for c in self.children)
+        for child in self.children:  # noqa: SIM110 -- a loop is faster than all(generator)
+            if not child.test(scan, rec):
+                return False
+        return True
 
     def triggers(self) -> list[Trigger] | None:
         options: list[list[Trigger]] = [t for c in self.children if (t := c.triggers()) is not None]
@@ -255,7 +292,10 @@ class AnyNode:
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         if scan.full:
             return any([c.test(scan, rec) for c in self.children])
-        return any(c.test(scan, rec) for c in self.children)
+        for child in self.children:  # noqa: SIM110 -- a loop is faster than any(generator)
+            if child.test(scan, rec):
+                return True
+        return False
 
     def triggers(self) -> list[Trigger] | None:
         out: list[Trigger] = []

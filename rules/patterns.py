@@ -8,6 +8,7 @@ pattern's capitals too; globs are normalised like keywords instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import re2
 
@@ -26,8 +27,10 @@ def with_view(pattern: str, view: View) -> str:
     return "(?i)" + pattern if view == "fold" else pattern
 
 
+@lru_cache(maxsize=4096)
 def compile_regex(pattern: str) -> re2._Regexp:
-    """Compile with RE2; raises ``re2.error``."""
+    """Compile with RE2 (once per pattern: the checker, the compiler and reloads share it);
+    raises ``re2.error``."""
     return re2.compile(pattern, options())
 
 

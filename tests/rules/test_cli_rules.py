@@ -73,7 +73,7 @@ def test_check_json_is_one_document() -> None:
     assert doc["summary"]["errors"] == 2
     example = doc["summary"]["files"][1]
     assert example["loaded"] is True
-    assert (example["rules"], example["teams"], example["lists"]) == (7, 5, 7)
+    assert (example["rules"], example["teams"], example["lists"]) == (7, 5, 8)
     assert example["keywords_zh"] > 0
     assert example["keywords_en"] > 0
 
@@ -206,7 +206,7 @@ def test_explain_stored_message_by_id(tmp_path: Path) -> None:
     assert out.rstrip().endswith("decision is the same (stored → now)")
 
     rules = tmp_path / "rules.yaml"
-    text = rules.read_text("utf-8").replace("[退款, 退货,", "[退货,").replace("杂音, ", "")
+    text = rules.read_text("utf-8").replace("[退款, 退钱,", "[退钱,").replace("杂音, ", "")
     rules.write_text(text.replace("[价格, 报价,", "[价格, 报价, 退款,"), encoding="utf-8")
     moved = run("rules", "explain", message.id, "-c", config, "--format", "json")
     doc = json.loads(moved.stdout)
@@ -267,7 +267,7 @@ def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
         "     tags_include: missing refund (tags are [complaint])",
         "     rules fired: complaint (stopped at complaint)",
     ]
-    assert "never fired: urgent-words (line 44)" in result.stdout
+    assert "never fired: urgent-words (line 45)" in result.stdout
     assert result.stdout.splitlines()[-1] == "1 passed, 1 failed"
 
 
@@ -308,7 +308,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def new_rules(tmp_path: Path) -> Path:
     """The example rules with 退款 moved to sales and a second VIP tag."""
-    text = EXAMPLE_RULES.read_text("utf-8").replace("[退款, 退货,", "[退货,")
+    text = EXAMPLE_RULES.read_text("utf-8").replace("[退款, 退钱,", "[退钱,")
     text = text.replace("[价格, 报价,", "[价格, 报价, 退款,")
     text = text.replace("tags: [vip]}", "tags: [vip, key-account]}")
     path = tmp_path / "new.yaml"

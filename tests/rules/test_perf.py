@@ -1,8 +1,9 @@
-"""A performance floor with 1,000 generated rules: catches 10x regressions, not 10 % ones.
+"""Performance floors with 1,000 generated rules: they catch 5-10x regressions, not 10 % ones.
 
-The target (research/rules.md §5.7) is ≥ 10,000 msg/s for 1.5 KB messages on one core; the
-floor here is low so a busy CI machine does not flake. The rule index must keep the number
-of rules evaluated per message small.
+The targets (≥ 10,000 msg/s for 4 KB messages on one core, reload of 1,000 rules ≤ 200 ms)
+are measured by ``bench/rules.py``; the floors here are far below them and measured in CPU
+time of this process (``time.process_time``), so a busy 2-core CI machine does not flake.
+The rule index must keep the number of rules evaluated per message small.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from typing import Any
 
 from rules.engine import evaluate
-from rules.loader import load_text
+from rules.loader import RuleSet, load_text
 from tests.rules.helpers import message
 
 CJK = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
@@ -47,27 +48,41 @@ def _rules(rnd: random.Random, vocab: list[str]) -> list[dict[str, Any]]:
     return rules
 
 
-def test_thousand_rules_throughput() -> None:
-    rnd = random.Random(7)
-    vocab = sorted({_word(rnd) for _ in range(4000)})
+def _rule_file(rnd: random.Random, vocab: list[str]) -> str:
     doc = {
         "version": 1,
         "teams": {"a": {"inbox": ["x"]}, "b": {"inbox": ["x"]}},
         "defaults": {"team": "a", "category": "general", "priority": "medium"},
         "rules": _rules(rnd, vocab),
     }
-    ruleset = load_text(json.dumps(doc, ensure_ascii=False), "bench.yaml")
-    assert ruleset.program.stats["unindexed"] == 0
+    return json.dumps(doc, ensure_ascii=False)
 
+
+def _rate(ruleset: RuleSet, rnd: random.Random, vocab: list[str], chars: int) -> float:
     def body() -> str:
-        words = [rnd.choice(vocab) if rnd.random() < 0.02 else _word(rnd) for _ in range(250)]
-        return " ".join(words)[:1500]
+        words = [rnd.choice(vocab) if rnd.random() < 0.02 else _word(rnd) for _ in range(chars)]
+        return "，".join(words)[:chars]
 
-    batch = [message(subject=_word(rnd), body=body()) for _ in range(300)]
-    started = time.perf_counter()
+    batch = [message(subject=_word(rnd), body=body()) for _ in range(200)]
+    started = time.process_time()
     decisions = [evaluate(ruleset, facts) for facts in batch * 3]
-    rate = len(decisions) / (time.perf_counter() - started)
+    rate = len(decisions) / max(time.process_time() - started, 1e-9)
     assert all(d.error is None for d in decisions)
     evaluated = sum(len(d.trace) for d in decisions) / len(decisions)
     assert evaluated < 20, f"{evaluated:.1f} rules evaluated per message: the index is not working"
-    assert rate > 2000, f"{rate:.0f} msg/s"
+    return rate
+
+
+def test_thousand_rules_throughput_and_reload() -> None:
+    rnd = random.Random(7)
+    vocab = sorted({_word(rnd) for _ in range(4000)})
+    text = _rule_file(rnd, vocab)
+    load_text(text, "bench.yaml")  # warm-up: imports, caches
+    started = time.process_time()
+    ruleset = load_text(text, "bench.yaml")
+    reload_s = time.process_time() - started
+    assert ruleset.program.stats["unindexed"] == 0
+    assert reload_s < 1.0, f"reload of 1,000 rules took {reload_s * 1000:.0f} ms of CPU"
+    for chars in (1500, 2500):  # ~1.5 KB and ~4 KB of UTF-8 (a third of the words are CJK)
+        rate = _rate(ruleset, rnd, vocab, chars)
+        assert rate > 2000, f"{rate:.0f} msg/s at {chars} characters"

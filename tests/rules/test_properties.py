@@ -9,6 +9,7 @@ vocabulary plus arbitrary Unicode.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +18,14 @@ from hypothesis import strategies as st
 from rules.engine import evaluate
 from rules.loader import RuleSet, load_text
 from rules.naive import evaluate_naive
+from rules.normalize import (
+    Normalizer,
+    boundary_ok,
+    boundary_ok_bytes,
+    char_offset,
+    fast_nfkc,
+    needs_casefold,
+)
 from tests.rules.helpers import message
 
 KEYWORDS = ["退款", "退", "申请退款", "refund", "down", "download", "VIP", "Ｒefund", "no refund"]
@@ -247,3 +256,51 @@ _RULES = _load(
         ensure_ascii=False,
     )
 )
+
+
+# -- the fast paths of normalisation and matching decide exactly as the plain definitions ---
+
+TRICKY = (
+    "aZ ßſ退款帳號，：！？（）；　ＲＥＦＵＮＤ①ﬁ…\u00a0\u0301\u0308e\u212aK\u2160Ⓐµ“”·¥Σςİǅᏸꭰ\ud800"
+)
+tricky_text = st.text(alphabet=st.sampled_from(TRICKY), max_size=40) | st.text(max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(tricky_text)
+def test_fast_nfkc_is_nfkc(text: str) -> None:
+    assert fast_nfkc(text) == unicodedata.normalize("NFKC", text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tricky_text, st.booleans(), st.booleans())
+def test_pipeline_bytes_are_the_utf8_of_its_text(text: str, nfkc: bool, casefold: bool) -> None:
+    for pipeline in Normalizer(nfkc, casefold).build().values():
+        assert pipeline.encode(text) == pipeline(text).encode()
+
+
+def test_bytes_casefold_shortcut_covers_every_code_point() -> None:
+    """``needs_casefold`` flags every non-ASCII character that casefold changes."""
+    missed = [
+        hex(code)
+        for code in range(0x80, 0x110000)
+        if not 0xD800 <= code <= 0xDFFF
+        and chr(code).casefold() != chr(code)
+        and not needs_casefold(chr(code).encode())
+    ]
+    assert missed == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from("ab_1 退款.é\u0301ΣＡ"), min_size=1, max_size=12), st.data()
+)
+def test_boundaries_on_bytes_match_boundaries_on_text(hay: str, data: st.DataObject) -> None:
+    start = data.draw(st.integers(0, len(hay) - 1))  # a hit: a non-empty keyword
+    end = data.draw(st.integers(start + 1, len(hay)))
+    raw = hay.encode()
+    offset = len(hay[:start].encode())
+    assert char_offset(raw, offset) == start
+    assert boundary_ok_bytes(raw, offset, offset + len(hay[start:end].encode())) == boundary_ok(
+        hay, start, end
+    )
