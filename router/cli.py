@@ -18,9 +18,8 @@ import click
 
 from router import config as config_mod
 from router import logs
-from router.errors import ConfigError, TriagedError
-from rules.loader import RuleFileError
-from rules.source import Problem
+from router.errors import TriagedError
+from rules.source import ProblemsError
 
 T = TypeVar("T")
 DEFAULT_CONFIG = Path("config/triaged.yaml")
@@ -36,25 +35,11 @@ config_option = click.option(
 )
 
 
-class Problems(Exception):
-    """Admin-facing problems to print before exiting 1."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__(f"{len(problems)} problems")
-
-
 def _load(config_path: Path) -> tuple[config_mod.Config, Any]:
     from router.daemon import load_rules
 
-    try:
-        cfg = config_mod.load(config_path)
-    except ConfigError as exc:
-        raise Problems(exc.problems) from None
-    try:
-        return cfg, load_rules(cfg)
-    except RuleFileError as exc:
-        raise Problems(exc.problems) from None
+    cfg = config_mod.load(config_path)
+    return cfg, load_rules(cfg)
 
 
 @click.group()
@@ -103,10 +88,7 @@ def dead_letters() -> None:
 def _with_queue(config_path: Path, action: Callable[[Any], Awaitable[T]]) -> T:
     from router.daemon import open_admin_queue
 
-    try:
-        cfg = config_mod.load(config_path)
-    except ConfigError as exc:
-        raise Problems(exc.problems) from None
+    cfg = config_mod.load(config_path)
 
     async def go() -> T:
         queue = await open_admin_queue(cfg)
@@ -174,7 +156,7 @@ def main() -> None:
     """Console entry point."""
     try:
         cli.main(standalone_mode=False)
-    except Problems as exc:
+    except ProblemsError as exc:
         errors = [p for p in exc.problems if p.severity == "error"]
         for problem in exc.problems:
             click.echo(problem.render(), err=True)

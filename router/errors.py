@@ -15,21 +15,15 @@ Catch bare ``Exception`` only at the dispatcher's settle point and in ``cli.main
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from rules.source import Problem
+from rules.source import ProblemsError
 
 
 class TriagedError(Exception):
     """Base of every error triaged raises on purpose."""
 
 
-class ConfigError(TriagedError):
+class ConfigError(ProblemsError, TriagedError):
     """The daemon config is invalid; ``problems`` lists every error found, with positions."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 class QueueUnavailable(TriagedError):

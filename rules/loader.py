@@ -42,19 +42,23 @@ from rules.schema import (
     problems_of,
     suggest,
 )
-from rules.source import Document, Problem, YamlFileError, gc_paused, load_yaml, plain
+from rules.source import (
+    Document,
+    Problem,
+    ProblemsError,
+    YamlFileError,
+    gc_paused,
+    load_yaml,
+    plain,
+)
 
 __all__ = ["RuleFileError", "RuleSet", "load_file", "load_text"]
 
 _STRICT = ConfigDict(strict=True)
 
 
-class RuleFileError(Exception):
+class RuleFileError(ProblemsError):
     """A rule file that cannot be used; ``problems`` lists every error (and the warnings)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
     @property
     def errors(self) -> list[Problem]:

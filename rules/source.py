@@ -80,12 +80,16 @@ class Problem:
         }
 
 
-class YamlFileError(Exception):
-    """The file is not valid YAML (or has duplicate keys); ``problems`` says where."""
+class ProblemsError(Exception):
+    """An error that carries every problem found, each with its position."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class YamlFileError(ProblemsError):
+    """The file is not valid YAML (or has duplicate keys); ``problems`` says where."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from rules.loader import RuleFileError, RuleSet, load_file
 from rules.messages import MessageError, facts_from_mapping
 from rules.model import PRIORITIES
 from rules.schema import describe, dotted, suggest
-from rules.source import Document, Problem, YamlFileError, load_yaml, plain, position
+from rules.source import Document, Problem, ProblemsError, YamlFileError, load_yaml, plain, position
 
 __all__ = [
     "FROZEN_AT",
@@ -60,12 +60,8 @@ EXPECT_KEYS = ("team", "category", "priority", *_LIST_KEYS, "fallback")
 PathT = list[str | int]
 
 
-class SuiteError(Exception):
+class SuiteError(ProblemsError):
     """A test file (or its rule file) that cannot be run; ``problems`` lists them all."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 @dataclass(frozen=True)
