@@ -98,19 +98,22 @@ class Daemon:
             return []
 
     async def _watch_rules(self, interval_s: float) -> None:
-        """Reload when the rules file's content changes.
+        """Reload when the rules file's content differs from what was last loaded or tried.
 
         Content, not mtime and size: an edit of the same length within one timestamp tick
-        would go unseen. The file is small and read every ``interval_s`` off the loop.
+        would go unseen. The baseline is the hash of the rules in force (computed like the
+        loader's), so an edit made while the daemon was starting is not missed; a broken
+        version is tried once, not on every poll.
         """
 
-        def digest() -> bytes | None:
+        def digest() -> str | None:
             try:
-                return hashlib.sha256(self.config.rules.read_bytes()).digest()
-            except OSError:
+                text = self.config.rules.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
                 return None
+            return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
-        last = await asyncio.to_thread(digest)
+        last = self.ruleset.hash
         while True:
             await asyncio.sleep(interval_s)
             current = await asyncio.to_thread(digest)
