@@ -171,14 +171,14 @@ def main() -> None:
             with daemon(work / f"ingest-{queue}", queue, 0, url) as port:
                 results[queue] = wrk(port, s, c)
         root = work / "e2e" / "state" / "maildir"
-        with daemon(work / "e2e", "sqlite", 32, None) as port:
+        with daemon(work / "e2e", "sqlite", 8, None) as port:
             t0 = time.monotonic()
             e2e = wrk(port, s, c)
             while count_files(root) < e2e["ok"]:
                 time.sleep(0.05)
             e2e_rate = e2e["ok"] / (time.monotonic() - t0)
         root = work / "lat" / "state" / "maildir"
-        with daemon(work / "lat", "sqlite", 32, None) as port:
+        with daemon(work / "lat", "sqlite", 8, None) as port:
             asyncio.run(paced(port, args.rate, 5))
             while count_files(root) < args.rate * 5:
                 time.sleep(0.05)

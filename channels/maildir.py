@@ -8,7 +8,12 @@ At most once per ``delivery.key``, also across a crash: the file name comes from
 (:func:`file_name`: ``<message id>.<sha1(target)[:8]>.triaged``). If a file with that base
 name is already in ``new/`` or ``cur/`` (where mail readers append ``:2,<flags>``), ``send``
 writes nothing. Otherwise the mail is written to ``tmp/``, fsynced, renamed into ``new/``
-(atomic) and ``new/`` is fsynced: after a crash there is either no file or a whole one.
+(atomic) and ``new/`` is fsynced before ``send`` returns: after a crash there is either no
+file or a whole one.
+
+Batching: the sends waiting at one moment (a dispatcher worker delivers a batch of messages at
+once) are written by a few thread jobs of up to ``_CHUNK`` mails each, with one ``new/`` fsync
+per folder per job — one thread hop per job rather than one per mail.
 
 Failure mapping (a choice): every ``OSError`` is a ``TemporaryFailure`` — a full disk
 (ENOSPC, EDQUOT) and I/O errors (EIO), and also permissions and read-only mounts (EACCES,
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import functools
 import hashlib
 import json
 import mailbox
@@ -52,6 +58,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _NOT_LOCAL = re.compile(r"[^A-Za-z0-9_+-]+")
 _SUBJECT_CHARS = 120
+_THREADS = 16  # fsync waits are long, and many at once let the file system batch them
+_CHUNK = 8  # most mails one thread job writes
 
 
 class MaildirConfig(BaseModel):
@@ -227,8 +235,8 @@ class _DirSync:
                 self._cond.notify_all()
 
 
-def _write(folder: Path, base: str, data: bytes, dir_sync: _DirSync) -> None:
-    """tmp/ → write, fsync → rename into new/ → fsync new/ (the Maildir protocol)."""
+def _write(folder: Path, base: str, data: bytes) -> None:
+    """tmp/ → write, fsync → rename into new/ (the caller then fsyncs new/: Maildir protocol)."""
     tmp = folder / "tmp" / f"{base}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -240,7 +248,27 @@ def _write(folder: Path, base: str, data: bytes, dir_sync: _DirSync) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_sync.sync(folder / "new")
+
+
+_Pending = tuple[Path, Delivery, "asyncio.Future[bool]"]
+
+
+def _resolve(
+    chunk: list[_Pending], job: asyncio.Future[list[tuple[bool, bool | Exception]]]
+) -> None:
+    """On the loop: hand each waiting ``send`` its result."""
+    if job.cancelled():
+        error: BaseException | None = OSError(errno.ECANCELED, "maildir write cancelled")
+    else:
+        error = job.exception()
+    results = [(False, error)] * len(chunk) if error is not None else job.result()
+    for (_, _, future), (ok, value) in zip(chunk, results, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(bool(value))
+        else:
+            future.set_exception(value)
 
 
 class MaildirSender:
@@ -252,8 +280,11 @@ class MaildirSender:
         self._ready: set[str] = set()  # teams whose folder exists with cur/ new/ tmp/
         self._prepare_lock = threading.Lock()  # sends run in worker threads, maybe at once
         self._dir_sync = _DirSync()
+        self._pending: list[_Pending] = []  # sends waiting for the next flush
         # Own threads: fsync waits are long, and many at once let the file system batch them.
-        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"maildir-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=_THREADS, thread_name_prefix=f"maildir-{name}"
+        )
 
     async def start(self) -> None:
         """Create the root directory if needed; raise ``OSError`` if it is not writable."""
@@ -267,9 +298,13 @@ class MaildirSender:
         package refuses to build), which raise ``PermanentFailure``.
         """
         folder = self._folder(delivery.team)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((folder, delivery, future))
+        if len(self._pending) == 1:  # the first of this moment schedules the flush
+            loop.call_soon(self._flush, loop)
         try:
-            loop = asyncio.get_running_loop()
-            written = await loop.run_in_executor(self._executor, self._deliver, folder, delivery)
+            written = await future
         except OSError as exc:
             self._ready.discard(delivery.team)  # re-create the folder next time if it vanished
             raise _failure(exc) from exc
@@ -278,9 +313,46 @@ class MaildirSender:
         event = "delivery.written" if written else "delivery.already_present"
         log.debug(event, target=self.name, team=delivery.team)
 
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand every waiting send to the threads: up to ``_CHUNK`` per job, all threads busy."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        size = max(1, min(_CHUNK, -(-len(pending) // _THREADS)))
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            try:
+                job = loop.run_in_executor(self._executor, self._deliver_many, chunk)
+            except RuntimeError as exc:  # closed: the executor takes no more jobs
+                error = OSError(errno.ESHUTDOWN, f"maildir output {self.name!r} is closed")
+                error.__cause__ = exc
+                for _, _, future in chunk:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            job.add_done_callback(functools.partial(_resolve, chunk))
+
     async def close(self) -> None:
         """Stop the writer threads (files are closed after each write). Idempotent."""
         self._executor.shutdown(wait=True)
+
+    def _deliver_many(self, chunk: list[_Pending]) -> list[tuple[bool, bool | Exception]]:
+        """In a worker thread: write each absent mail, then fsync each ``new/`` written to once."""
+        results: list[tuple[bool, bool | Exception]] = []
+        for folder, delivery, _ in chunk:
+            try:
+                results.append((True, self._deliver(folder, delivery)))
+            except (OSError, ValueError) as exc:
+                results.append((False, exc))
+        written = [i for i, (ok, value) in enumerate(results) if ok and value]
+        for folder in {chunk[i][0] for i in written}:
+            try:
+                self._dir_sync.sync(folder / "new")
+            except OSError as exc:  # not durable: every mail written there fails (retried)
+                for i in written:
+                    if chunk[i][0] == folder:
+                        results[i] = (False, exc)
+        return results
 
     def _check_root(self) -> None:
         root = self.config.path
@@ -307,7 +379,7 @@ class MaildirSender:
             delivery.attempt > 1 and _delivered(folder, base)
         ):
             return False
-        _write(folder, base, build(delivery), self._dir_sync)
+        _write(folder, base, build(delivery))
         return True
 
     def _prepare(self, folder: Path) -> None:

@@ -83,7 +83,10 @@ class RetryConfig(_Strict):
 class DispatcherConfig(_Strict):
     """The workers that take messages, apply the rules and deliver."""
 
-    workers: int = Field(32, ge=0, le=1024, description="concurrent deliveries; 0: queue only")
+    workers: int = Field(8, ge=0, le=256, description="concurrent batches; 0: queue only")
+    batch: int = Field(
+        16, ge=1, le=256, description="messages a worker takes at once; workers x batch in flight"
+    )
     retry: RetryConfig = RetryConfig()
     stop_timeout: Duration = Field(20.0, description="how long to finish in-flight work on stop")
 

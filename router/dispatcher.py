@@ -1,9 +1,17 @@
-"""Workers: take a lease → decide with the rules → deliver to every inbox target → settle.
+"""Workers: take a batch of leases → decide with the rules → deliver to every inbox target → settle.
 
-Each delivery is recorded in the store's delivery log as soon as it succeeds, so a message
-retried after a crash or a partial failure reaches only the targets it has not reached yet.
-Settling (ack, nack, dead letter, delivery-log writes) runs under ``asyncio.shield``: a stop
-that cancels a worker never leaves a delivery done but unrecorded when it can be avoided.
+A worker takes up to ``dispatcher.batch`` messages at once (``Queue.take_batch``), so the
+queue and store round trips — claim, decision records with the delivery-log lookup
+(``Store.begin_batch``), delivery-log writes (``Store.record_deliveries``), ack
+(``Queue.ack_batch``) — are paid once per batch, not once per message. Every delivery of
+every message of the batch runs concurrently; each message is then settled by its own outcome.
+
+Each successful delivery is recorded in the store's delivery log before its message is settled,
+so a message retried after a crash or a partial failure reaches only the targets it has not
+reached yet (a crash between a delivery and its record is covered by the senders' idempotency:
+Maildir looks for the file on a retry, webhooks carry an ``Idempotency-Key``). Settling (ack,
+nack, dead letter, delivery-log writes) runs under ``asyncio.shield``: a stop that cancels a
+worker never leaves a delivery done but unrecorded when it can be avoided.
 
 Outcomes: every target reached → ack; a temporary failure → nack with backoff (the queue
 dead-letters once attempts run out); a permanent failure → dead letter with the reason.
@@ -12,9 +20,10 @@ dead-letters once attempts run out); a permanent failure → dead letter with th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -48,6 +57,28 @@ def facts_of(message: Message) -> Facts:
         attachments=len(message.attachments),
         received_at=message.received_at,
     )
+
+
+@dataclass
+class _Job:
+    """One message of a worker's batch, on its way from lease to settle."""
+
+    lease: Lease
+    decision: Decision | None = None
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (team, target)
+    done: set[str] = field(default_factory=set)  # targets reached by an earlier attempt
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str | None = None  # an internal failure: retry
+
+    def bound(self) -> contextlib.AbstractContextManager[object]:
+        """The log context of this message (with its routing once decided)."""
+        message = self.lease.message
+        extra = {}
+        if self.decision is not None:
+            extra = {"team": self.decision.team, "rules": list(self.decision.rules)}
+        return structlog.contextvars.bound_contextvars(
+            message_id=message.id, source=message.source, channel=message.channel, **extra
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +149,7 @@ class Dispatcher:
         failures = 0
         while not self._stopping:
             try:
-                lease = await self._queue.take()
+                leases = await self._queue.take_batch(self._config.batch)
             except QueueUnavailable as exc:
                 failures += 1
                 log.warning("queue.unavailable", error=str(exc), retry_in_s=min(30, failures))
@@ -127,56 +158,102 @@ class Dispatcher:
             failures = 0
             self._busy.add(me)
             try:
-                await self.handle(lease)
+                await self.handle_batch(leases)
             finally:
                 self._busy.discard(me)
                 self.last_progress = time.monotonic()
 
     async def handle(self, lease: Lease) -> None:
         """Route one leased message and settle it; never raises except on cancellation."""
-        message = lease.message
-        with structlog.contextvars.bound_contextvars(
-            message_id=message.id, source=message.source, channel=message.channel
-        ):
-            try:
-                await self._route(lease)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug or an unexpected failure: retry, never lose it
-                log.exception("message.failed", attempt=lease.attempt)
-                await self._settle_retry(lease, f"internal error: {exc!r}", None)
+        await self.handle_batch([lease])
 
-    async def _route(self, lease: Lease) -> None:
+    async def handle_batch(self, leases: list[Lease]) -> None:
+        """Route leased messages and settle each; never raises except on cancellation."""
         started = time.monotonic()
-        message = lease.message
-        ruleset = self._rules()
-        decision = evaluate(ruleset, facts_of(message))
-        structlog.contextvars.bind_contextvars(team=decision.team, rules=list(decision.rules))
-        if decision.fallback and lease.attempt == 1:
-            metrics.fallback.inc()
-        record = {**decision.as_record(), "decided_at": datetime.now(UTC).isoformat()}
-        await asyncio.shield(self._store.record_decision(message, record))
-        pairs = targets_of(ruleset, decision)
-        outcomes = await asyncio.gather(
-            *(self._deliver(lease, decision, team, target) for team, target in pairs)
-        )
-        permanent = [o for o in outcomes if o.status == "permanent"]
-        temporary = [o for o in outcomes if o.status == "temporary"]
-        if permanent:
-            reason = "; ".join(f"{o.target}: {o.reason}" for o in permanent)
-            await asyncio.shield(self._queue.dead_letter(lease, reason=reason))
-            self._count_dead(reason)
-        elif temporary:
-            reason = "; ".join(f"{o.target}: {o.reason}" for o in temporary)
-            hint = max((o.retry_after_s or 0 for o in temporary), default=0) or None
-            await self._settle_retry(lease, reason, hint)
-        else:
-            await asyncio.shield(self._queue.ack(lease))
-            self._count_routed(message, decision, [o.target for o in outcomes], started, lease)
+        jobs = [_Job(lease) for lease in leases]
+        self._decide(jobs)
+        await self._begin(jobs)
+        sent: list[tuple[str, str]] = []  # (message id, target) delivered, not yet recorded
+        try:
+            await asyncio.gather(*(self._deliver_all(job, sent) for job in jobs if job.pairs))
+        except asyncio.CancelledError:
+            if sent:  # a stop cancelled us: still record what was delivered
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(self._store.record_deliveries(sent))
+            raise
+        if sent:
+            try:
+                await asyncio.shield(self._store.record_deliveries(sent))
+            except Exception as exc:  # retried: the senders' idempotency stops a duplicate
+                reached = {message_id for message_id, _ in sent}
+                for job in jobs:
+                    if job.lease.message.id in reached and job.error is None:
+                        self._failed(job, exc)
+        await self._settle(jobs, started)
 
-    async def _deliver(self, lease: Lease, decision: Decision, team: str, target: str) -> Outcome:
-        message = lease.message
-        if await self._store.delivered(message.id, target):
+    def _decide(self, jobs: list[_Job]) -> None:
+        try:
+            ruleset = self._rules()
+        except Exception as exc:  # a bug: retry, never lose them
+            for job in jobs:
+                self._failed(job, exc)
+            return
+        for job in jobs:
+            try:
+                job.decision = evaluate(ruleset, facts_of(job.lease.message))
+                job.pairs = targets_of(ruleset, job.decision)
+            except Exception as exc:  # a bug in a rule or the engine: retry, never lose it
+                self._failed(job, exc)
+                continue
+            if job.decision.fallback and job.lease.attempt == 1:
+                metrics.fallback.inc()
+
+    async def _begin(self, jobs: list[_Job]) -> None:
+        """Record the decisions and learn which targets earlier attempts already reached."""
+        decided = [job for job in jobs if job.error is None and job.decision is not None]
+        if not decided:
+            return
+        decided_at = datetime.now(UTC).isoformat()
+        records = [
+            (job.lease.message, {**job.decision.as_record(), "decided_at": decided_at})
+            for job in decided
+            if job.decision is not None
+        ]
+        try:
+            done = await asyncio.shield(self._store.begin_batch(records))
+        except Exception as exc:
+            for job in decided:
+                self._failed(job, exc)
+            return
+        for job in decided:
+            job.done = done.get(job.lease.message.id, set())
+
+    def _failed(self, job: _Job, exc: Exception) -> None:
+        """An unexpected failure for this message: log it; it is retried."""
+        with job.bound():
+            log.error("message.failed", attempt=job.lease.attempt, exc_info=exc)
+        job.error = f"internal error: {exc!r}"
+        job.pairs = []
+
+    async def _deliver_all(self, job: _Job, sent: list[tuple[str, str]]) -> None:
+        if job.error is not None or job.decision is None:
+            return
+        with job.bound():
+            if len(job.pairs) == 1:
+                job.outcomes = [await self._deliver(job, *job.pairs[0], sent)]
+            else:
+                job.outcomes = list(
+                    await asyncio.gather(
+                        *(self._deliver(job, team, target, sent) for team, target in job.pairs)
+                    )
+                )
+
+    async def _deliver(
+        self, job: _Job, team: str, target: str, sent: list[tuple[str, str]]
+    ) -> Outcome:
+        message, decision = job.lease.message, job.decision
+        assert decision is not None
+        if target in job.done:
             metrics.deliveries.labels(target, "skipped_done").inc()
             return Outcome(target, "skipped_done")
         sender = self._senders.get(target)
@@ -192,7 +269,7 @@ class Dispatcher:
                     priority=decision.priority,
                     tags=decision.tags,
                     rules=decision.rules,
-                    attempt=lease.attempt,
+                    attempt=job.lease.attempt,
                 )
             )
         except TemporaryFailure as exc:
@@ -203,32 +280,85 @@ class Dispatcher:
             metrics.deliveries.labels(target, "permanent").inc()
             log.warning("delivery.failed", target=target, temporary=False, error=str(exc))
             return Outcome(target, "permanent", str(exc))
-        await asyncio.shield(self._store.record_delivery(message.id, target))
+        except Exception as exc:  # a sender's bug: retry, never lose the message
+            log.error("delivery.failed", target=target, temporary=True, exc_info=exc)
+            return Outcome(target, "temporary", f"internal error: {exc!r}")
+        sent.append((message.id, target))
         metrics.deliveries.labels(target, "sent").inc()
         log.debug("delivery.sent", target=target)
         return Outcome(target, "sent")
 
-    async def _settle_retry(self, lease: Lease, reason: str, hint_s: float | None) -> None:
-        if lease.attempt >= self._max_attempts:
-            reason = f"gave up after {lease.attempt} attempts: {reason}"
-            await asyncio.shield(self._queue.dead_letter(lease, reason=reason))
-            self._count_dead(reason)
+    async def _settle(self, jobs: list[_Job], started: float) -> None:
+        """Ack every fully delivered message at once; nack or dead-letter the others one each."""
+        done: list[_Job] = []
+        others = []
+        for job in jobs:
+            permanent = [o for o in job.outcomes if o.status == "permanent"]
+            temporary = [o for o in job.outcomes if o.status == "temporary"]
+            if job.error is not None:
+                others.append(self._settle_retry(job, job.error, None))
+            elif permanent:
+                reason = "; ".join(f"{o.target}: {o.reason}" for o in permanent)
+                others.append(self._settle_dead(job, reason))
+            elif temporary:
+                reason = "; ".join(f"{o.target}: {o.reason}" for o in temporary)
+                hint = max((o.retry_after_s or 0 for o in temporary), default=0) or None
+                others.append(self._settle_retry(job, reason, hint))
+            else:
+                done.append(job)
+        await asyncio.gather(self._settle_acks(done, started), *others)
+
+    async def _settle_acks(self, jobs: list[_Job], started: float) -> None:
+        if not jobs:
             return
-        retry_in_s = backoff_s(lease.attempt, self._config.retry, hint_s)
-        await asyncio.shield(self._queue.nack(lease, retry_in_s=retry_in_s, reason=reason))
-        self.settled["retried"] += 1
-        log.info(
-            "delivery.retry", attempt=lease.attempt, retry_in_s=round(retry_in_s, 2), reason=reason
-        )
+        try:
+            await asyncio.shield(self._queue.ack_batch([job.lease for job in jobs]))
+        except QueueUnavailable as exc:  # the leases expire; the delivery log skips the targets
+            log.warning("queue.ack_failed", error=str(exc), messages=len(jobs))
+            return
+        for job in jobs:
+            with job.bound():
+                self._count_routed(job, started)
+
+    async def _settle_dead(self, job: _Job, reason: str) -> None:
+        with job.bound():
+            try:
+                await asyncio.shield(self._queue.dead_letter(job.lease, reason=reason))
+            except QueueUnavailable as exc:  # the lease expires and the message comes back
+                log.warning("queue.settle_failed", error=str(exc))
+                return
+            self._count_dead(reason)
+
+    async def _settle_retry(self, job: _Job, reason: str, hint_s: float | None) -> None:
+        lease = job.lease
+        with job.bound():
+            try:
+                if lease.attempt >= self._max_attempts:
+                    reason = f"gave up after {lease.attempt} attempts: {reason}"
+                    await asyncio.shield(self._queue.dead_letter(lease, reason=reason))
+                    self._count_dead(reason)
+                    return
+                retry_in_s = backoff_s(lease.attempt, self._config.retry, hint_s)
+                await asyncio.shield(self._queue.nack(lease, retry_in_s=retry_in_s, reason=reason))
+            except QueueUnavailable as exc:  # the lease expires and the message comes back
+                log.warning("queue.settle_failed", error=str(exc))
+                return
+            self.settled["retried"] += 1
+            log.info(
+                "delivery.retry",
+                attempt=lease.attempt,
+                retry_in_s=round(retry_in_s, 2),
+                reason=reason,
+            )
 
     def _count_dead(self, reason: str) -> None:
         self.settled["dead"] += 1
         metrics.dead_lettered.inc()
         log.error("message.dead_lettered", reason=reason)
 
-    def _count_routed(
-        self, message: Message, decision: Decision, targets: list[str], started: float, lease: Lease
-    ) -> None:
+    def _count_routed(self, job: _Job, started: float) -> None:
+        message, decision, lease = job.lease.message, job.decision, job.lease
+        assert decision is not None
         self.settled["routed"] += 1
         metrics.routed.labels(decision.team, decision.category, decision.priority).inc()
         latency = (datetime.now(UTC) - message.received_at).total_seconds()
@@ -238,7 +368,7 @@ class Dispatcher:
             category=decision.category,
             priority=decision.priority,
             tags=list(decision.tags),
-            targets=targets,
+            targets=[o.target for o in job.outcomes],
             attempt=lease.attempt,
             elapsed_ms=round((time.monotonic() - started) * 1000, 1),
         )

@@ -14,6 +14,9 @@ Semantics shared by both:
   ``ack``, ``nack``, ``dead_letter`` or lease expiry (``lease_s``), after which it is taken again
   with ``attempt`` incremented. A process restarting with the same consumer identity gets its
   own unsettled leases back at once.
+- ``take_batch(max_n)`` is ``take`` for up to ``max_n`` messages at once (at least one; each
+  lease settles on its own); ``ack_batch`` acks several leases in one round trip. Workers use
+  them so that the per-message cost of a queue round trip is shared by a batch.
 - ``nack(retry_in_s=...)`` makes it ready again after the delay; when ``attempt`` has reached
   ``max_attempts`` it goes to dead letters instead, with the reason.
 - dead letters are kept until replayed (``replay``) — never dropped.
@@ -21,6 +24,7 @@ Semantics shared by both:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -71,8 +75,18 @@ class Queue(Protocol):
     async def take(self) -> Lease:
         """Wait for a ready message and lease it. Cancellation while waiting holds nothing."""
 
+    async def take_batch(self, max_n: int) -> list[Lease]:
+        """Wait until a message is ready, then lease 1 to ``max_n`` ready ones at once.
+
+        Each lease is independent (settled with ``ack``, ``nack`` or ``dead_letter`` on its own,
+        or together with ``ack_batch``). Cancellation while waiting holds nothing.
+        """
+
     async def ack(self, lease: Lease) -> None:
         """The message is done: remove it for good."""
+
+    async def ack_batch(self, leases: Sequence[Lease]) -> None:
+        """``ack`` every lease of ``leases`` in one round trip (nothing for an empty list)."""
 
     async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
         """Retry after ``retry_in_s``; dead-letter with ``reason`` once attempts are exhausted."""

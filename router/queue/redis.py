@@ -10,11 +10,13 @@ scales out). Contract: ``router/queue/__init__.py``; key names: ``router/keys.py
   restart under the same name gets its unsettled leases back at once); (2) due retries are
   moved from the delayed ZSET to the stream (Lua, so two daemons never double-move) and
   entries idle longer than ``lease_s`` are taken over with XAUTOCLAIM; (3) XREADGROUP ">"
-  with a short BLOCK on a client whose ``socket_timeout`` exceeds it.
+  with a short BLOCK on a client whose ``socket_timeout`` exceeds it. ``take_batch(n)`` does
+  the same with COUNT ``n`` at each step.
 - ``attempt`` = attempts before the entry was (re)added (field ``a``) + ``times_delivered``.
   A lease's token is "<entry id> <times_delivered>": nack and dead_letter act only while the
   entry is still pending with that count, so a stale holder cannot settle a retaken lease.
-- Settling deletes the entry (XACK + XDEL); nothing is ever trimmed with MAXLEN.
+- Settling deletes the entry (XACK + XDEL; ``ack_batch``: one of each for all its entries);
+  nothing is ever trimmed with MAXLEN.
 - No caller's cancellation ever reaches redis-py (see :class:`Detached`).
 """
 
@@ -26,7 +28,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
@@ -308,26 +310,36 @@ class RedisQueue:
 
     async def take(self) -> Lease:
         """Lease the next message; what a read got for a cancelled caller is handed back."""
+        return (await self.take_batch(1))[0]
+
+    async def take_batch(self, max_n: int) -> list[Lease]:
+        """Lease 1 to ``max_n`` messages (one XREADGROUP COUNT ``max_n``), waiting as ``take``."""
         while True:
-            job = self._ops.spawn(self._take_once())
+            job = self._ops.spawn(self._take_once(max(1, max_n)))
             try:
-                lease = await asyncio.shield(job)
+                leases = await asyncio.shield(job)
             except asyncio.CancelledError:
                 undo = self._ops.spawn(self._give_back(job))
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still runs
                     await asyncio.shield(undo)
                 raise
-            if lease is not None:
-                return lease
+            if leases:
+                return leases
 
-    @detached
     async def ack(self, lease: Lease) -> None:
         """Acknowledge and delete the entry."""
-        entry_id = lease.token.split()[0]
+        await self.ack_batch([lease])
+
+    @detached
+    async def ack_batch(self, leases: Sequence[Lease]) -> None:
+        """Acknowledge and delete every entry of ``leases``: one XACK and one XDEL."""
+        if not leases:
+            return
+        entry_ids = [lease.token.split()[0] for lease in leases]
         with unavailable("ack"):
             pipe = self._client.pipeline(transaction=True)
-            pipe.xack(self._keys.stream, GROUP, entry_id)
-            pipe.xdel(self._keys.stream, entry_id)
+            pipe.xack(self._keys.stream, GROUP, *entry_ids)
+            pipe.xdel(self._keys.stream, *entry_ids)
             await pipe.execute()
 
     async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
@@ -413,74 +425,89 @@ class RedisQueue:
                 [self._keys.stream, *keys], [GROUP, entry_id, delivered, *args]
             )
 
-    async def _give_back(self, job: asyncio.Future[Lease | None]) -> None:
-        """Undo a delivery nobody will process: a new entry with the attempts it had."""
-        with contextlib.suppress(QueueUnavailable):  # if this fails, the lease just expires
-            lease = await job
-            if lease is not None:
+    async def _give_back(self, job: asyncio.Future[list[Lease]]) -> None:
+        """Undo deliveries nobody will process: new entries with the attempts they had."""
+        with contextlib.suppress(QueueUnavailable):  # if this fails, the leases just expire
+            for lease in await job:
                 await self._settle("requeue", [], lease, [lease.attempt - 1])
 
-    async def _take_once(self) -> Lease | None:
+    async def _take_once(self, count: int) -> list[Lease]:
         if self._closing:
             raise QueueUnavailable("redis queue is closed")
         with unavailable("take"):
             try:
                 if not self._recovered:
-                    return await self._recover_one()
-                lease = await self._claim_expired()
-                return lease if lease is not None else await self._read_new()
+                    return await self._recover(count)
+                leases = await self._claim_expired(count)
+                return leases or await self._read_new(count)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 await _create_group(self._client, self._keys)  # the stream was deleted under us
-                return None
+                return []
 
-    async def _recover_one(self) -> Lease | None:
+    async def _recover(self, count: int) -> list[Lease]:
         """The next of our own pending entries left by a previous process with our name."""
         async with self._recover_lock:
             if self._recovered:
-                return None
+                return []
             stream = self._keys.stream
             reply = await self._client.xreadgroup(
-                GROUP, self._consumer, {stream: self._recover_cursor}, count=1
+                GROUP, self._consumer, {stream: self._recover_cursor}, count=count
             )
             entries = _entries(reply)
             if not entries:
                 self._recovered = True
-                return None
-            entry_id, fields = entries[0]
-            self._recover_cursor = entry_id
-            return await self._lease(entry_id, fields, delivered=None)
+                return []
+            self._recover_cursor = entries[-1][0]
+            return await self._leases(entries, delivered=None)
 
-    async def _claim_expired(self) -> Lease | None:
-        """Move due retries to the stream, then take over one expired lease if any."""
+    async def _claim_expired(self, count: int) -> list[Lease]:
+        """Move due retries to the stream, then take over up to ``count`` expired leases."""
         k = self._keys
         pipe = self._client.pipeline(transaction=False)
         pipe.eval(_MOVE_DUE, 2, k.delayed, k.stream, 100)
         pipe.xautoclaim(
-            k.stream, GROUP, self._consumer, self._lease_ms, start_id=self._claim_cursor, count=1
+            k.stream,
+            GROUP,
+            self._consumer,
+            self._lease_ms,
+            start_id=self._claim_cursor,
+            count=count,
         )
         (_, next_due_ms), claim = await pipe.execute()
         self._wait_ms = self._poll_ms if next_due_ms < 0 else min(next_due_ms, self._poll_ms)
         # Redis >= 7 replies [cursor, entries, deleted ids] and drops deleted ids from the PEL
         # itself; 6.2 replies [cursor, entries] with a deleted entry as nil (no id to ack).
         self._claim_cursor = claim[0]
-        for entry_id, fields in cast(
-            list[tuple[bytes | None, dict[bytes, bytes] | None]], claim[1]
-        ):
-            if entry_id is not None:
-                return await self._lease(entry_id, fields or {}, delivered=None)
-        return None
+        entries = [
+            (entry_id, fields or {})
+            for entry_id, fields in cast(
+                list[tuple[bytes | None, dict[bytes, bytes] | None]], claim[1]
+            )
+            if entry_id is not None
+        ]
+        return await self._leases(entries, delivered=None) if entries else []
 
-    async def _read_new(self) -> Lease | None:
+    async def _read_new(self, count: int) -> list[Lease]:
         reply = await self._reader.xreadgroup(
-            GROUP, self._consumer, {self._keys.stream: ">"}, count=1, block=max(1, self._wait_ms)
+            GROUP,
+            self._consumer,
+            {self._keys.stream: ">"},
+            count=count,
+            block=max(1, self._wait_ms),
         )
-        entries = _entries(reply)
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        return await self._lease(entry_id, fields, delivered=1)
+        return await self._leases(_entries(reply), delivered=1)
+
+    async def _leases(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]], delivered: int | None
+    ) -> list[Lease]:
+        leases = []
+        for entry_id, fields in entries:
+            lease = await self._lease(entry_id, fields, delivered)
+            if lease is not None:
+                leases.append(lease)
+        return leases
 
     async def _lease(
         self, entry_id: bytes, fields: dict[bytes, bytes], delivered: int | None

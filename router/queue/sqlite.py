@@ -18,6 +18,8 @@ and settles. See ``router/queue/__init__.py`` for the contract.
   WAL is written), and made durable by the next FULL commit; a power cut may undo a few, which
   means redelivery (at-least-once; the store's delivery log, which is FULL, skips targets
   already reached). This doubles the settle rate under ingest load.
+- ``take_batch(n)`` claims up to ``n`` due rows in one write job (one token for the batch;
+  settling matches id and token); ``ack_batch`` deletes several rows in one write job.
 - Waiting in ``take`` is event-driven: woken by puts, nacks and replays, or by a timer for the
   next delayed or expiring row, at the latest after ``_RECHECK_S`` (an admin process may have
   replayed dead letters); never a tight poll.
@@ -93,28 +95,36 @@ def _insert(conn: sqlite3.Connection, puts: list[_Put], now: float, window_s: fl
 
 
 _Claimed = tuple[str, str, int]  # id, payload, attempt
-_ClaimResult = tuple[_Claimed | None, float | None]  # a claimed row, or when the next is due
+_ClaimResult = tuple[list[_Claimed], float | None]  # the claimed rows, or when the next is due
 
 
-def _claim(conn: sqlite3.Connection, now: float, lease_s: float, token: str) -> _ClaimResult:
-    """Lease the first due row (expired leases included); else say when the next one is due."""
-    row = conn.execute(
+def _claim(
+    conn: sqlite3.Connection, now: float, lease_s: float, token: str, limit: int
+) -> _ClaimResult:
+    """Lease up to ``limit`` due rows (expired leases included), all with ``token``; else say
+    when the next one is due."""
+    rows = conn.execute(
         "SELECT id, payload, attempts FROM messages WHERE dead = 0 AND due <= ? "
-        "ORDER BY due LIMIT 1",
-        (now,),
-    ).fetchone()
-    if row is None:
-        return None, conn.execute("SELECT MIN(due) FROM messages WHERE dead = 0").fetchone()[0]
-    conn.execute(
+        "ORDER BY due LIMIT ?",
+        (now, limit),
+    ).fetchall()
+    if not rows:
+        return [], conn.execute("SELECT MIN(due) FROM messages WHERE dead = 0").fetchone()[0]
+    conn.executemany(
         "UPDATE messages SET leased = 1, due = ?, attempts = attempts + 1, token = ? WHERE id = ?",
-        (now + lease_s, token, row[0]),
+        [(now + lease_s, token, row[0]) for row in rows],
     )
-    return (row[0], row[1], row[2] + 1), None
+    return [(message_id, payload, attempts + 1) for message_id, payload, attempts in rows], None
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
     """One statement, inside the group transaction of ``SqliteFile.write``."""
     conn.execute(sql, params)
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[Sequence[object]]) -> None:
+    """One statement per row of parameters, inside the group transaction."""
+    conn.executemany(sql, rows)
 
 
 def _dead_letters(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, int, float]]:
@@ -206,11 +216,15 @@ class SqliteQueue:
 
     async def take(self) -> Lease:
         """Lease the next due message, waiting for a put or the next due time."""
+        return (await self.take_batch(1))[0]
+
+    async def take_batch(self, max_n: int) -> list[Lease]:
+        """Lease 1 to ``max_n`` due messages in one transaction, waiting as ``take`` does."""
         while True:
             changed = self._changed
-            lease, next_due = await self._claim()
-            if lease is not None:
-                return lease
+            leases, next_due = await self._claim(max(1, max_n))
+            if leases:
+                return leases
             due_in = _RECHECK_S if next_due is None else max(next_due - time.time(), 0.0) + 0.001
             timeout = min(due_in, _RECHECK_S)
             with contextlib.suppress(TimeoutError):
@@ -219,8 +233,13 @@ class SqliteQueue:
 
     async def ack(self, lease: Lease) -> None:
         """Delete the message for good."""
-        sql = "DELETE FROM messages WHERE id = ? AND dead = 0"
-        await self._db.write(_execute, sql, (lease.message.id,))
+        await self.ack_batch([lease])
+
+    async def ack_batch(self, leases: Sequence[Lease]) -> None:
+        """Delete every message of ``leases`` for good, in one statement batch."""
+        if leases:
+            sql = "DELETE FROM messages WHERE id = ? AND dead = 0"
+            await self._db.write(_execute_many, sql, [(lease.message.id,) for lease in leases])
 
     async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
         """Ready again in ``retry_in_s``; dead-letter once ``max_attempts`` is reached."""
@@ -283,10 +302,12 @@ class SqliteQueue:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _claim(self) -> tuple[Lease | None, float | None]:
-        """Claim on the thread; if our caller is cancelled meanwhile, give the row back first."""
+    async def _claim(self, limit: int) -> tuple[list[Lease], float | None]:
+        """Claim on the thread; if our caller is cancelled meanwhile, give the rows back first."""
         token = secrets.token_hex(8)
-        job = asyncio.ensure_future(self._db.write(_claim, time.time(), self._lease_s, token))
+        job = asyncio.ensure_future(
+            self._db.write(_claim, time.time(), self._lease_s, token, limit)
+        )
         try:
             claimed, next_due = await asyncio.shield(job)
         except asyncio.CancelledError:
@@ -296,23 +317,24 @@ class SqliteQueue:
             with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still runs
                 await asyncio.shield(undo)
             raise
-        if claimed is None:
-            return None, next_due
-        _, payload, attempt = claimed
-        return Lease(message=Message.from_json(payload), token=token, attempt=attempt), None
+        leases = [
+            Lease(message=Message.from_json(payload), token=token, attempt=attempt)
+            for _, payload, attempt in claimed
+        ]
+        return leases, next_due
 
     async def _give_back(self, job: asyncio.Future[_ClaimResult], token: str) -> None:
         with contextlib.suppress(QueueUnavailable):
             claimed, _ = await job
-            if claimed is not None:
-                await self._undo_claim(claimed[0], token)
+            if claimed:
+                await self._undo_claim(token)
 
-    async def _undo_claim(self, message_id: str, token: str) -> None:
+    async def _undo_claim(self, token: str) -> None:
         await self._db.write(
             _execute,
             "UPDATE messages SET leased = 0, due = ?, attempts = attempts - 1, token = NULL "
-            "WHERE id = ? AND token = ?",
-            (time.time(), message_id, token),
+            "WHERE token = ? AND leased = 1",
+            (time.time(), token),
         )
         self._notify()
 

@@ -5,6 +5,9 @@ Place in the flow: the dispatcher takes a message from the queue, the rules deci
 answered later, and recent messages replayed through new rules). Before each delivery it asks
 ``delivered(message_id, target)`` and after a successful one it calls ``record_delivery``: a
 message retried after a crash is not delivered twice to a target it already reached.
+Workers handling a batch of messages use the batched forms: ``begin_batch`` records every
+decision and returns the targets each message already reached, in one round trip;
+``record_deliveries`` records several deliveries at once.
 
 Backends: ``sqlite`` (``state_dir/state.sqlite3``, WAL, next to the queue's file) and
 ``redis`` (keys in ``router/keys.py``, same prefix as the queue). Both keep decisions and the
@@ -14,6 +17,7 @@ pruning as they write.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -34,6 +38,18 @@ class Store(Protocol):
 
     async def record_delivery(self, message_id: str, target: str) -> None:
         """Remember that ``message_id`` reached ``target``; survives a crash of the process."""
+
+    async def begin_batch(
+        self, decided: Sequence[tuple[Message, dict[str, Any]]]
+    ) -> dict[str, set[str]]:
+        """``record_decision`` for every pair, then the targets each message already reached.
+
+        One round trip. Returns ``{message id: delivered targets}`` for every message id given
+        (an empty set when none). ``TypeError`` if a decision is not JSON-able (nothing written).
+        """
+
+    async def record_deliveries(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """``record_delivery`` for every ``(message_id, target)``, in one round trip."""
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
         """Store the message with its routing decision (a JSON-able dict); replaces an earlier one.

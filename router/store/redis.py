@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -73,6 +74,53 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=True)
             pipe.sadd(key, target)
             pipe.pexpire(key, self._retention_ms)
+            await pipe.execute()
+
+    async def begin_batch(
+        self, decided: Sequence[tuple[Message, dict[str, Any]]]
+    ) -> dict[str, set[str]]:
+        """Record every decision and read each message's delivered targets: one pipeline."""
+        if not decided:
+            return {}
+        records = [
+            (message, json.dumps(decision, ensure_ascii=False)) for message, decision in decided
+        ]  # TypeError here, in the caller, before anything is written
+        done = await self._ops.run(self._begin_batch(records))
+        before, self._writes = self._writes, self._writes + len(records)
+        if before // _PRUNE_EVERY != self._writes // _PRUNE_EVERY:
+            await self.prune()
+        return done
+
+    async def _begin_batch(self, records: list[tuple[Message, str]]) -> dict[str, set[str]]:
+        now_us = time.time_ns() // 1000
+        with unavailable("begin_batch"):
+            pipe = self._client.pipeline(transaction=True)
+            for message, record in records:
+                key = self._keys.decision(message.id)
+                pipe.hset(key, mapping={"m": message.to_json(), "d": record})
+                pipe.pexpire(key, self._retention_ms)
+            pipe.zadd(self._keys.decisions, {message.id: now_us for message, _ in records})
+            pipe.zremrangebyscore(self._keys.decisions, "-inf", now_us - self._retention_us)
+            for message, _ in records:
+                pipe.smembers(self._keys.delivered(message.id))
+            replies = await pipe.execute()
+        members = replies[-len(records) :]
+        return {
+            message.id: {target.decode() for target in targets}
+            for (message, _), targets in zip(records, members, strict=True)
+        }
+
+    @detached
+    async def record_deliveries(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """Remember every ``(message_id, target)``: one pipeline."""
+        if not deliveries:
+            return
+        with unavailable("record_deliveries"):
+            pipe = self._client.pipeline(transaction=True)
+            for message_id, target in deliveries:
+                key = self._keys.delivered(message_id)
+                pipe.sadd(key, target)
+                pipe.pexpire(key, self._retention_ms)
             await pipe.execute()
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:

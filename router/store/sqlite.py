@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,32 @@ class SqliteStore:
         await self._db.write(_execute, sql, (message_id, target, time.time()))
         await self._wrote()
 
+    async def begin_batch(
+        self, decided: Sequence[tuple[Message, dict[str, Any]]]
+    ) -> dict[str, set[str]]:
+        """Record every decision and return each message's delivered targets: one write job."""
+        if not decided:
+            return {}
+        now = time.time()
+        rows = [
+            (message.id, message.to_json().decode(), json.dumps(record, ensure_ascii=False), now)
+            for message, record in decided
+        ]  # TypeError here, before anything is written
+        done = await self._db.write(_begin_batch, rows)
+        await self._wrote(len(rows))
+        return done
+
+    async def record_deliveries(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """Remember every ``(message_id, target)`` (survives a process crash): one write job."""
+        if not deliveries:
+            return
+        now = time.time()
+        rows = [(message_id, target, now) for message_id, target in deliveries]
+        await self._db.write(
+            _execute_many, "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)", rows
+        )
+        await self._wrote(len(rows))
+
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
         """Store the message and its decision, replacing an earlier one."""
         record = json.dumps(decision, ensure_ascii=False)
@@ -109,9 +136,9 @@ class SqliteStore:
         """Close the file. Idempotent."""
         await self._db.close()
 
-    async def _wrote(self) -> None:
-        self._writes += 1
-        if self._writes % _PRUNE_EVERY == 0:
+    async def _wrote(self, n: int = 1) -> None:
+        before, self._writes = self._writes, self._writes + n
+        if before // _PRUNE_EVERY != self._writes // _PRUNE_EVERY:
             await self.prune()
 
 
@@ -126,6 +153,27 @@ def _delivered(conn: sqlite3.Connection, message_id: str, target: str) -> bool:
 
 def _execute(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
     conn.execute(sql, params)
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]]) -> None:
+    conn.executemany(sql, rows)
+
+
+def _begin_batch(
+    conn: sqlite3.Connection, rows: list[tuple[str, str, str, float]]
+) -> dict[str, set[str]]:
+    conn.executemany(
+        "INSERT OR REPLACE INTO decisions (message_id, message, decision, at) VALUES (?,?,?,?)",
+        rows,
+    )
+    done: dict[str, set[str]] = {row[0]: set() for row in rows}
+    for start in range(0, len(rows), 500):  # SQLite's limit on host parameters
+        ids = [row[0] for row in rows[start : start + 500]]
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT message_id, target FROM deliveries WHERE message_id IN ({marks})"
+        for message_id, target in conn.execute(sql, ids):
+            done[message_id].add(target)
+    return done
 
 
 def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[_Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email
 import mailbox
@@ -241,3 +242,33 @@ async def test_start_refuses_a_file_as_root(tmp_path: Path) -> None:
 def test_config_refuses_extra_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="extra"):
         MaildirConfig.model_validate({"type": "maildir", "path": str(tmp_path), "mode": 600})
+
+
+async def test_concurrent_sends_are_batched_and_each_written_once(
+    sender: MaildirSender, tmp_path: Path
+) -> None:
+    """Many sends at one moment (a dispatcher batch) to two teams, some keys twice."""
+    deliveries = [
+        delivery(team=team, subject=f"退款 {i}") for i in range(40) for team in ("售后", "财务")
+    ]
+    await asyncio.gather(*(sender.send(d) for d in deliveries + deliveries[:10]))
+    for team in ("售后", "财务"):
+        assert len(files(tmp_path / "mail", team)) == 40
+        assert sorted(
+            mail["X-Triaged-Message-Id"] for mail in read_all(tmp_path / "mail", team)
+        ) == sorted(d.message.id for d in deliveries if d.team == team)
+        assert list((tmp_path / "mail" / team / "tmp").iterdir()) == []
+
+
+async def test_a_failing_send_fails_alone_in_its_batch(
+    sender: MaildirSender, tmp_path: Path
+) -> None:
+    good = [delivery(subject=f"好 {i}") for i in range(5)]
+    results = await asyncio.gather(
+        *(sender.send(d) for d in [*good[:2], delivery(team="t" * 300), *good[2:]]),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 2 + ["PermanentFailure"] + [
+        "NoneType"
+    ] * 3
+    assert len(read_all(tmp_path / "mail")) == 5

@@ -438,3 +438,98 @@ async def test_redis_going_down_fails_put_and_take(tmp_path: Path) -> None:
                 await queue.take()
     finally:
         await queue.close()
+
+
+async def take_batch(queue: Queue, max_n: int) -> list[Lease]:
+    async with asyncio.timeout(GUARD_S):
+        return await queue.take_batch(max_n)
+
+
+async def test_take_batch_leases_up_to_max_n_each_once(queue: Queue) -> None:
+    sent = [message(f"退款 {i}") for i in range(7)]
+    for item in sent:
+        await queue.put(item)
+    first = await take_batch(queue, 5)
+    assert 1 <= len(first) <= 5
+    taken = list(first)
+    while len(taken) < len(sent):
+        taken.extend(await take_batch(queue, 5))
+    assert sorted(lease.message.id for lease in taken) == sorted(m.id for m in sent)
+    assert {lease.attempt for lease in taken} == {1}
+    assert {lease.message.id: lease.message for lease in taken} == {m.id: m for m in sent}
+    assert (await queue.stats()).leased == len(sent)
+
+
+async def test_take_batch_waits_for_a_put(queue: Queue) -> None:
+    waiter = asyncio.create_task(take_batch(queue, 10))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    sent = message()
+    await queue.put(sent)
+    leases = await waiter
+    assert [lease.message for lease in leases] == [sent]
+
+
+async def test_ack_batch_removes_only_the_given_leases(queue: Queue) -> None:
+    for i in range(4):
+        await queue.put(message(f"消息 {i}"))
+    leases: list[Lease] = []
+    while len(leases) < 4:
+        leases.extend(await take_batch(queue, 4))
+    await queue.ack_batch(leases[:3])
+    await queue.ack_batch([])
+    assert await queue.stats() == QueueStats(ready=0, leased=1, delayed=0, dead=0)
+    await queue.ack_batch(leases[3:])
+    assert await queue.stats() == QueueStats(ready=0, leased=0, delayed=0, dead=0)
+
+
+async def test_leases_of_one_batch_settle_independently(queue: Queue) -> None:
+    for i in range(3):
+        await queue.put(message(f"消息 {i}"))
+    leases: list[Lease] = []
+    while len(leases) < 3:
+        leases.extend(await take_batch(queue, 3))
+    done, retried, dead = leases
+    await queue.nack(retried, retry_in_s=0, reason="稍后")
+    await queue.dead_letter(dead, reason="永久失败")
+    await queue.ack(done)
+    again = await take_batch(queue, 3)
+    assert [(lease.message.id, lease.attempt) for lease in again] == [(retried.message.id, 2)]
+    await queue.ack_batch(again)
+    assert [d.message.id for d in await queue.dead_letters()] == [dead.message.id]
+    assert await queue.stats() == QueueStats(ready=0, leased=0, delayed=0, dead=1)
+
+
+async def test_expired_batch_leases_are_taken_again(backend: Backend) -> None:
+    queue = await backend.open(lease_s=0.2)
+    for i in range(3):
+        await queue.put(message(f"消息 {i}"))
+    first: list[Lease] = []
+    while len(first) < 3:
+        first.extend(await take_batch(queue, 3))
+    again: list[Lease] = []
+    while len(again) < 3:  # nothing settled: every lease expires and comes back
+        again.extend(await take_batch(queue, 3))
+    assert sorted(lease.message.id for lease in again) == sorted(f.message.id for f in first)
+    assert {lease.attempt for lease in again} == {2}
+    await queue.ack_batch(again)
+    assert await queue.stats() == QueueStats(ready=0, leased=0, delayed=0, dead=0)
+
+
+async def test_cancelled_take_batch_holds_nothing(queue: Queue) -> None:
+    """Like ``test_cancelled_take_holds_nothing``, with batches: every message comes back."""
+    sent = [message(f"消息 {i}") for i in range(20)]
+    taken: list[Lease] = []
+    for i in range(0, len(sent), 2):
+        waiter = asyncio.create_task(queue.take_batch(5))
+        await asyncio.sleep(0.005 * (i % 4))
+        await queue.put(sent[i])
+        await queue.put(sent[i + 1])
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            taken.extend(await waiter)
+    while len(taken) < len(sent):
+        taken.extend(await take_batch(queue, 5))
+    assert sorted(lease.message.id for lease in taken) == sorted(m.id for m in sent)
+    assert {lease.attempt for lease in taken} == {1}
+    assert (await queue.stats()).leased == len(sent)

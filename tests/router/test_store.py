@@ -165,3 +165,34 @@ async def test_redis_store_unreachable_raises_queue_unavailable(state_dir: Path)
             await open_store(
                 "redis", state_dir=state_dir, redis_url=f"redis://127.0.0.1:{free_port()}/0"
             )
+
+
+async def test_begin_batch_records_decisions_and_returns_delivered_targets(store: Store) -> None:
+    first, second, third = message("退款 1"), message("退款 2"), message("退款 3")
+    await store.record_delivery(first.id, "售后邮箱")
+    await store.record_deliveries([(second.id, "售后邮箱"), (second.id, "飞书群")])
+    done = await store.begin_batch(
+        [(first, decision()), (second, decision("sales")), (third, decision())]
+    )
+    assert done == {first.id: {"售后邮箱"}, second.id: {"售后邮箱", "飞书群"}, third.id: set()}
+    assert await store.decision(second.id) == (second, decision("sales"))
+    assert {m.id for m, _ in await store.recent(10)} == {first.id, second.id, third.id}
+    assert await store.begin_batch([]) == {}
+
+
+async def test_begin_batch_refuses_what_does_not_round_trip(store: Store) -> None:
+    good, bad = message("好"), message("坏")
+    with pytest.raises(TypeError):
+        await store.begin_batch([(good, decision()), (bad, {"at": datetime(2026, 1, 1)})])
+    assert await store.decision(good.id) is None  # nothing written
+
+
+async def test_record_deliveries_is_idempotent_and_survives_reopen(stores: Stores) -> None:
+    first = await stores.open()
+    await first.record_deliveries([("m1", "售后邮箱"), ("m1", "售后邮箱"), ("m2", "飞书群")])
+    await first.record_deliveries([])
+    await first.close()
+    second = await stores.open()
+    assert await second.delivered("m1", "售后邮箱")
+    assert await second.delivered("m2", "飞书群")
+    assert not await second.delivered("m2", "售后邮箱")
