@@ -189,7 +189,8 @@ def check(files: tuple[Path, ...], fmt: str, strict: bool, config_path: Path | N
 def _with_store(cfg: config_mod.Config, action: Callable[[Any], Any]) -> Any:
     """Run ``action(store)`` on the config's store; ``None`` when the state has no store yet.
 
-    Raises ``TriagedError`` (``StateLocked``: a running daemon holds the SQLite state).
+    Works beside a running daemon (the store is opened in admin mode: no lock, no pruning).
+    Raises ``TriagedError`` when the state cannot be read.
     """
     from router.daemon import redis_url
     from router.store import open_store
@@ -201,7 +202,7 @@ def _with_store(cfg: config_mod.Config, action: Callable[[Any], Any]) -> Any:
 
     async def go() -> Any:
         store = await open_store(
-            q.type, state_dir=cfg.state_dir, redis_url=redis_url(cfg), prefix=q.prefix
+            q.type, state_dir=cfg.state_dir, redis_url=redis_url(cfg), prefix=q.prefix, admin=True
         )
         try:
             return await action(store)

@@ -78,13 +78,20 @@ async def open_store(
     prefix: str = DEFAULT_PREFIX,
     retention_s: float = RETENTION_S,
     max_recent: int = MAX_RECENT,
+    admin: bool = False,
 ) -> Store:
-    """Open the configured backend (imported lazily so sqlite users need no Redis server)."""
+    """Open the configured backend (imported lazily so sqlite users need no Redis server).
+
+    ``admin``: for operator commands beside a running daemon (SQLite: no lock, no pruning).
+    """
     if kind == "sqlite":
         from router.store.sqlite import SqliteStore
 
         return await SqliteStore.open(
-            state_dir / "state.sqlite3", retention_s=retention_s, max_recent=max_recent
+            state_dir / "state.sqlite3",
+            retention_s=retention_s,
+            max_recent=max_recent,
+            admin=admin,
         )
     if redis_url is None:
         raise ValueError("the redis store needs a redis url")

@@ -57,10 +57,18 @@ class SqliteStore:
         self._writes = 0
 
     @classmethod
-    async def open(cls, path: Path | str, *, retention_s: float, max_recent: int) -> SqliteStore:
-        """Open (creating) the file; ``StateLocked`` if another process holds it."""
-        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION)
+    async def open(
+        cls, path: Path | str, *, retention_s: float, max_recent: int, admin: bool = False
+    ) -> SqliteStore:
+        """Open (creating) the file; ``StateLocked`` if another process holds it.
+
+        ``admin``: beside a running daemon, for operator commands that read decisions
+        (``rules explain``, ``rules diff``): no lock taken, nothing pruned.
+        """
+        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not admin)
         store = cls(db, retention_s=retention_s, max_recent=max_recent)
+        if admin:
+            return store
         try:
             await store.prune()
         except BaseException:

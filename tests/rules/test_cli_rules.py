@@ -375,8 +375,8 @@ def test_main_maps_failures_to_exit_status_1() -> None:
     assert bad_rules.stderr.splitlines()[-1] == "2 errors — rules not loaded"
 
 
-def test_locked_state_is_an_error_for_explain_and_a_note_for_diff(tmp_path: Path) -> None:
-    """A running daemon holds the SQLite state's lock file (router/queue/sqlite.py)."""
+def test_explain_and_diff_read_the_state_beside_a_running_daemon(tmp_path: Path) -> None:
+    """A running daemon holds the SQLite state's lock file; the operator commands read anyway."""
     config = write_config(tmp_path)
     message = stored_message(config, EXAMPLE_RULES)
     lock = os.open(tmp_path / "state" / "state.sqlite3.lock", os.O_RDWR | os.O_CREAT)
@@ -386,8 +386,7 @@ def test_locked_state_is_an_error_for_explain_and_a_note_for_diff(tmp_path: Path
         diffed = run("rules", "diff", EXAMPLE_RULES, EXAMPLE_RULES, "-c", config)
     finally:
         os.close(lock)
-    assert explained.exit_code == 1
-    assert "cannot read the stored decisions:" in explained.stderr
-    assert "held by another process" in explained.stderr
+    assert explained.exit_code == 0, explained.output
+    assert explained.stdout.startswith(f"stored   {message.id} (shop)")
     assert diffed.exit_code == 0
-    assert "note: stored messages skipped:" in diffed.stderr
+    assert diffed.stdout.splitlines()[-1].startswith("0 of 1 messages would change")
