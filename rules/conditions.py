@@ -5,7 +5,10 @@ A condition is a mapping whose entries are ANDed: ``all``/``any`` (lists of cond
 ``received_at``) and fields, each with a mapping of operators and options. Every problem is
 reported with its position (E102 unknown list, E103 unknown condition, E105 unknown
 calendar, E107 unknown operator, E108 unknown field, E109 bad value, E112 cyclic ``use``,
-E130 bad regex) and parsing goes on, so one run finds them all.
+E130 bad regex) and parsing goes on, so one run finds them all. Options: ``ascii_word``,
+``case_sensitive``, ``raw`` (view "raw": no normalisation of text or keywords). Warnings
+found here: W201 short keyword, W203 option without effect, W210 keyword variant (see
+``rules.checks.VARIANTS``), W303 all/any/not nested deeper than 4.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
 
-from rules.fields import FIELDS, Kind, canonical_field, field_kind
+from rules.checks import too_deep, useless_options, variant_warning
+from rules.fields import FIELDS, Kind, canonical_field, field_kind, operator_applies
 from rules.model import (
     KEYWORD_OPS,
     NUMBER_OPS,
@@ -37,20 +41,6 @@ Item = tuple[object, Path]  # a literal and where it was written
 COMBINATORS = ("all", "any", "not", "use", "time_in")
 _LIST_OPS = ("contains_any", "contains_all", "keywords", "in", "not_in")
 _MAYBE_LIST_OPS = ("starts_with", "ends_with", "glob", "contains_any", "contains_all", "keywords")
-
-
-def _applies(op: str, kind: Kind, field: str) -> bool:
-    if op == "time_in":
-        return kind == "time"
-    if op == "exists":
-        return True
-    if kind == "time":
-        return False
-    if op in NUMBER_OPS:
-        return kind == "number" or field.startswith(("header.", "fields."))
-    if kind == "number":
-        return op in ("equals", "not_equals", "in", "not_in")
-    return True
 
 
 class ConditionParser:
@@ -108,8 +98,8 @@ class ConditionParser:
             line, col = parent.items_at[step]
         else:
             line, col, _ = position(self.doc.data, path)
-            return Where(dotted(path), line, col)
-        return Where(dotted(path), line + 1, col + 1)
+            return Where(dotted(path), line, col, self.doc.origin(path).file)
+        return Where(dotted(path), line + 1, col + 1, self.doc.origin(path).file)
 
     def enter(self, node: object, path: Path) -> None:
         """Register a mapping or list the parser is about to read (see ``where``)."""
@@ -134,6 +124,7 @@ class ConditionParser:
 
     def _term(self, key: object, value: object, path: Path) -> Node | None:
         if key in ("all", "any"):
+            self._check_depth(path)
             if not isinstance(value, list):
                 self.report(
                     path, "E109", f'"{key}" takes a list of conditions, got {describe(value)}'
@@ -145,6 +136,8 @@ class ConditionParser:
                 return None
             kids = tuple(c for c in children if c is not None)
             return All(kids, self.where(path)) if key == "all" else AnyOf(kids, self.where(path))
+        if key in ("all", "any", "not"):
+            self._check_depth(path)
         if key == "not":
             child = self.parse(value, path)
             return None if child is None else Not(child, self.where(path))
@@ -156,6 +149,12 @@ class ConditionParser:
             return self._field(key, value, path)
         self._unknown_field(key, path)
         return None
+
+    def _check_depth(self, path: Path) -> None:
+        """W303 where all/any/not nesting (counted in the written path) first exceeds 4."""
+        msg = too_deep(path)
+        if msg is not None:
+            self.report(path, "W303", msg, at="key", severity="warning")
 
     def _unknown_field(self, key: object, path: Path) -> None:
         if key in OPERATORS:
@@ -211,19 +210,25 @@ class ConditionParser:
             if not isinstance(value, bool):
                 self.report([*path, name], "E109", f"{name} must be true or false")
             opts[name] = value is True
-        view: View = "case" if opts["case_sensitive"] else "fold"
+        view: View = "raw" if opts["raw"] else "case" if opts["case_sensitive"] else "fold"
+        self._option_warnings(key, spec, opts, path)
         ops = [k for k in spec if k not in OPTIONS]
         if not ops:
             self.report(path, "E109", f'no operator for field "{key}" (only options)')
             return None
         leaves = [self._op(field, kind, op, spec[op], [*path, op], view, opts) for op in ops]
-        if opts["ascii_word"] and not any(op in (*KEYWORD_OPS, "keywords") for op in ops):
-            msg = "ascii_word only affects contains, contains_any, contains_all and keywords"
-            self.report([*path, "ascii_word"], "W203", msg, at="key", severity="warning")
         if any(leaf is None for leaf in leaves):
             return None
         nodes = tuple(leaf for leaf in leaves if leaf is not None)
         return nodes[0] if len(nodes) == 1 else All(nodes, self.where(path))
+
+    def _option_warnings(
+        self, key: str, spec: dict[str, Any], opts: dict[str, bool], path: Path
+    ) -> None:
+        """W203 for options that change nothing here."""
+        ops = [k for k in spec if k not in OPTIONS]
+        for option, msg in useless_options(key, ops, opts):
+            self.report([*path, option], "W203", msg, at="key", severity="warning")
 
     def _op(
         self,
@@ -238,7 +243,7 @@ class ConditionParser:
         if not isinstance(op, str) or op not in OPERATORS:
             self.report(path, "E107", f'unknown operator "{op}"{suggest(op, OPERATORS)}', at="key")
             return None
-        if not _applies(op, kind, field):
+        if not operator_applies(op, kind, field):
             self.report(
                 path, "E109", f'operator "{op}" does not apply to field "{field}"', at="key"
             )
@@ -254,6 +259,8 @@ class ConditionParser:
                 self.report(path, "E109", f"exists must be true or false, got {describe(value)}")
                 return None
             return Leaf(field, op, value, where)
+        if op == "between":
+            return self._between(field, value, path)
         if op in NUMBER_OPS:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 self.report(path, "E109", f"{op} takes a number, got {describe(value)}")
@@ -269,11 +276,24 @@ class ConditionParser:
             return self._regex(field, value, path, view)
         return self._literal_leaf(field, op, value, path, view, word)
 
+    def _between(self, field: str, value: object, path: Path) -> Leaf | None:
+        ok = isinstance(value, list) and len(value) == 2
+        numbers = [v for v in value if _is_number(v)] if isinstance(value, list) else []
+        if not ok or len(numbers) != 2:
+            msg = f"between takes [low, high], two numbers, got {describe(value)}"
+            self.report(path, "E109", msg)
+            return None
+        low, high = float(numbers[0]), float(numbers[1])
+        if low > high:
+            self.report(path, "E109", f"between [{numbers[0]}, {numbers[1]}]: low is above high")
+            return None
+        return Leaf(field, "between", (low, high), self.where(path))
+
     def _regex(self, field: str, value: object, path: Path, view: View) -> Leaf | None:
         if not isinstance(value, str) or not value:
             self.report(path, "E109", f"regex takes one pattern string, got {describe(value)}")
             return None
-        pattern = with_view(self.views["case"](value), view)
+        pattern = with_view(self.views["raw" if view == "raw" else "case"](value), view)
         error = regex_error(pattern)
         if error:
             self.report(path, "E130", f'invalid regex "{value}": {error}')
@@ -288,6 +308,7 @@ class ConditionParser:
             return None
         norm = self.views[view]
         literals: list[str] = []
+        written: list[tuple[str, str, Path]] = []  # keywords: as written, normalised, where
         for item, ipath in items:
             text = canonical(item)
             if text is None:
@@ -299,8 +320,10 @@ class ConditionParser:
                 return None
             if op in (*KEYWORD_OPS, "keywords"):
                 self._check_keyword(text, ipath, word)
+                written.append((str(item), text, ipath))
             if text not in literals:
                 literals.append(text)
+        self._check_variants(written, literals)
         if op == "glob":
             return Leaf(field, op, glob_to_regex(literals), self.where(path), view)
         canon = "contains_any" if op == "keywords" else op
@@ -315,6 +338,14 @@ class ConditionParser:
         advice = "a one-character Chinese keyword" if cjk else "add ascii_word: true"
         msg = f'short keyword "{keyword}" may match inside unrelated words ({advice})'
         self.report(path, "W201", msg, severity="warning")
+
+    def _check_variants(self, written: list[tuple[str, str, Path]], literals: list[str]) -> None:
+        """W210 for keywords holding a variant whose common mainland form is absent."""
+        for original, text, path in written:
+            listed = str(path[1]) if path[0] == "lists" else None
+            msg = variant_warning(original, text, literals, listed)
+            if msg is not None:
+                self.report(path, "W210", msg, severity="warning")
 
     def _items(self, op: str, value: object, path: Path) -> list[Item] | None:
         """Literals of an operator value: one scalar, a list, ``$name``; ``$$`` escapes ``$``."""
@@ -358,6 +389,10 @@ class ConditionParser:
             return None
         self.used_lists.add(name)
         return [(item, ["lists", name, i]) for i, item in enumerate(self.lists[name])]
+
+
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def _unescape(value: object) -> object:

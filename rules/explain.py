@@ -98,7 +98,7 @@ class _Reader:
             if not isinstance(when, datetime):
                 return None
             return when.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %z (%A)")
-        if leaf.op in ("gt", "gte", "lt", "lte", "exists"):
+        if leaf.op in ("gt", "gte", "lt", "lte", "between", "exists"):
             raw = self.reader.raw(leaf.field)
             return "missing" if raw is None else ", ".join(str(v) for v in raw)
         values = self.reader.strings(leaf.field, leaf.view)
@@ -178,13 +178,15 @@ def _effect(rule: Rule) -> str:
     return f"{', '.join(parts) or 'nothing'}  ({kind}: {how})"
 
 
-def _rule(rule: Rule, decision: Decision, reader: _Reader, stop_line: int | None) -> Doc:
+def _rule(
+    rule: Rule, decision: Decision, reader: _Reader, stop_line: int | None, after_stop: bool
+) -> Doc:
     trace = next((t for t in decision.trace if t.rule == rule.id), None)
     out: Doc = {"id": rule.id, "line": rule.where.line, "effect": _effect(rule)}
     if trace is None:
         if not rule.enabled:
             out["status"] = "disabled"
-        elif stop_line is not None and rule.where.line > stop_line:
+        elif after_stop:  # by rule order: with include, rules from several files
             out["status"] = f"not evaluated (stopped at line {stop_line})"
         else:
             out["status"] = "not evaluated (none of its required keywords or values is present)"
@@ -217,10 +219,14 @@ def explanation(ruleset: RuleSet, decision: Decision, facts: Facts) -> Doc:
     reader = _Reader(ruleset, facts)
     stop = ruleset.rule(decision.stopped_at) if decision.stopped_at else None
     stop_line = stop.where.line if stop is not None else None
+    stop_at = ruleset.rules.index(stop) if stop is not None else None
     return {
         "ruleset": {"file": ruleset.file, "hash": decision.ruleset_hash},
         "message": _message(facts, ruleset.timezone),
-        "rules": [_rule(rule, decision, reader, stop_line) for rule in ruleset.rules],
+        "rules": [
+            _rule(rule, decision, reader, stop_line, stop_at is not None and i > stop_at)
+            for i, rule in enumerate(ruleset.rules)
+        ],
         "stopped_at": None if stop is None else {"rule": stop.id, "line": stop_line},
         "error": decision.error,
         "decision": {**decision.as_record(), "stopped_at": decision.stopped_at},

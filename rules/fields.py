@@ -38,6 +38,22 @@ PREFIXES = ("header.", "fields.")
 TEXT_GROUP = ("subject", "body", "text")  # scanned together in one pass over ``text``
 
 
+def operator_applies(op: str, kind: Kind, field: str) -> bool:
+    """Whether operator ``op`` may be used on ``field`` of ``kind`` (numbers also on headers
+    and webhook fields, which may hold numeric strings)."""
+    if op == "time_in":
+        return kind == "time"
+    if op == "exists":
+        return True
+    if kind == "time":
+        return False
+    if op in ("gt", "gte", "lt", "lte", "between"):
+        return kind == "number" or field.startswith(("header.", "fields."))
+    if kind == "number":
+        return op in ("equals", "not_equals", "in", "not_in")
+    return True
+
+
 def field_kind(name: str) -> Kind | None:
     """The kind of a field name, or None when it names no field."""
     if name in FIELDS:

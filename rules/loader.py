@@ -8,14 +8,17 @@ E000 cannot read · E001 YAML syntax · E002 duplicate key · E100 unknown key �
 key · E102 unknown list · E103 unknown condition · E104 unknown team · E105 unknown calendar
 · E106 unknown category · E107 unknown operator · E108 unknown field · E109 invalid value ·
 E110 unknown output · E111 duplicate rule id · E112 cyclic use · E130 invalid regex · E140
-missing optional package. Warnings: W201 short keyword · W203 option without effect · W301
-rule can never fire · W401 unused list · W402 unused condition.
+missing optional package · E113 name defined in two files · E114 include cycle. Warnings:
+W201 short keyword · W203 option without effect · W210 keyword variant without its mainland
+form · W301 rule can never fire · W302 team/category set after the first writer · W303
+condition nested deeper than 4 · W401 unused list · W402 unused condition. Several files:
+see ``rules.include``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -23,9 +26,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from rules.calendars import ALWAYS, build_calendars
-from rules.checks import unreachable_rules, unused
+from rules.checks import shadowed_settings, unreachable_rules, unused
 from rules.compiler import compile_program
 from rules.conditions import ConditionParser
+from rules.include import read_files
 from rules.model import PRIORITIES_DESC, Action, Defaults, Rule, SlaPolicy, Team, Where
 from rules.normalize import Normalizer, NormalizerUnavailable, Pipeline, View
 from rules.ruleset import RuleSet
@@ -52,7 +56,7 @@ from rules.source import (
     plain,
 )
 
-__all__ = ["RuleFileError", "RuleSet", "load_file", "load_text"]
+__all__ = ["RuleFileError", "RuleSet", "digest_files", "load_file", "load_text"]
 
 _STRICT = ConfigDict(strict=True)
 
@@ -87,17 +91,48 @@ def load_text(text: str, file: str, *, outputs: Collection[str] | None = None) -
 
 def _load_text(text: str, file: str, outputs: Collection[str] | None) -> RuleSet:
     try:
-        doc = load_yaml(text, file)
+        main = load_yaml(text, file)
     except YamlFileError as exc:
         raise RuleFileError(exc.problems) from None
     problems: list[Problem] = []
+    doc, docs = read_files(main, problems)
     parts = _Loader(doc, outputs, problems).run()
-    problems.sort(key=lambda p: (p.line, p.col))
+    rank = {d.file: i for i, d in enumerate(docs)}
+    problems.sort(key=lambda p: (rank.get(p.file, len(rank)), p.line, p.col))
     if parts is None or any(p.severity == "error" for p in problems):
         raise RuleFileError(problems)
     program = compile_program(parts["rules"], parts["calendars"])
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return RuleSet(file=file, hash=digest, program=program, warnings=problems, **parts)
+    files = tuple(d.file for d in docs)
+    return RuleSet(
+        file=file, hash=_digest(docs), program=program, warnings=problems, files=files, **parts
+    )
+
+
+def _digest(docs: list[Document]) -> str:
+    """sha256 hex of the main file's text; with includes, of every file's name and text."""
+    return _hash([(d.file, d.text) for d in docs])
+
+
+def _hash(texts: list[tuple[str, str]]) -> str:
+    if len(texts) == 1:
+        return hashlib.sha256(texts[0][1].encode("utf-8", "surrogatepass")).hexdigest()
+    sha = hashlib.sha256()
+    for file, text in texts:
+        for part in (file, text):
+            sha.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return sha.hexdigest()
+
+
+def digest_files(files: Sequence[str]) -> str | None:
+    """The ``RuleSet.hash`` that ``files`` (a ``RuleSet.files``) give now; None if unreadable.
+
+    For a watcher: differs from the loaded ``hash`` as soon as any file read changed. A file
+    newly added to an included directory is only seen by a full reload.
+    """
+    try:
+        return _hash([(f, Path(f).read_text(encoding="utf-8")) for f in files])
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class _Loader:
@@ -139,6 +174,7 @@ class _Loader:
         self.out.extend(unused(self.doc, lists, parser.used_lists, "list", "W401"))
         self.out.extend(unused(self.doc, conditions, parser.used_conditions, "condition", "W402"))
         self.out.extend(unreachable_rules(self.doc, rules))
+        self.out.extend(shadowed_settings(self.doc, rules))
         if defaults is None:
             return None
         return {
@@ -251,17 +287,18 @@ class _Loader:
             self.out.append(self.doc.problem(["rules"], "E109", msg))
             return []
         rules: list[Rule] = []
-        first_line: dict[str, int] = {}
+        first: dict[str, Where] = {}
         parser.enter(items, ["rules"])  # each rule is then placed in one step
         for i, item in enumerate(items):
             path: list[str | int] = ["rules", i]
             where = parser.where(path)
             rule_id = item.get("id") if isinstance(item, dict) else None
-            if isinstance(rule_id, str) and rule_id in first_line:
-                msg = f'duplicate rule id "{rule_id}" (first at line {first_line[rule_id]})'
-                self.out.append(self.doc.problem([*path, "id"], "E111", msg))
+            if isinstance(rule_id, str) and rule_id in first:
+                self.out.append(
+                    self.doc.problem([*path, "id"], "E111", _dup(rule_id, first[rule_id], where))
+                )
             elif isinstance(rule_id, str):
-                first_line[rule_id] = where.line
+                first[rule_id] = where
             if isinstance(item, dict) and isinstance(item.get("set"), dict):
                 self._set_refs(item["set"], [*path, "set"], refs)
             model = self._validate(RuleModel, item, path)
@@ -342,6 +379,13 @@ class _Refs:
         if self.categories is not None and name not in self.categories:
             hint = suggest(name, self.categories)
             loader.out.append(loader.doc.problem(path, "E106", f'unknown category "{name}"{hint}'))
+
+
+def _dup(rule_id: str, first: Where, here: Where) -> str:
+    """E111's message: the first position as a line, or file:line:col in another file."""
+    if first.file == here.file:
+        return f'duplicate rule id "{rule_id}" (first at line {first.line})'
+    return f'duplicate rule id "{rule_id}" (first at {first.file}:{first.line}:{first.col})'
 
 
 def _dedup(items: list[str]) -> tuple[str, ...]:

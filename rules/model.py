@@ -21,7 +21,7 @@ KEYWORD_OPS = ("contains", "contains_any", "contains_all")
 VALUE_OPS = ("equals", "not_equals", "in", "not_in")
 AFFIX_OPS = ("starts_with", "ends_with")
 PATTERN_OPS = ("regex", "glob")
-NUMBER_OPS = ("gt", "gte", "lt", "lte")
+NUMBER_OPS = ("gt", "gte", "lt", "lte", "between")  # between: [low, high], inclusive
 OPERATORS = (
     *KEYWORD_OPS,
     *VALUE_OPS,
@@ -32,7 +32,7 @@ OPERATORS = (
     "time_in",
     "keywords",  # alias of contains_any (the first spec's name)
 )
-OPTIONS = ("ascii_word", "case_sensitive")
+OPTIONS = ("ascii_word", "case_sensitive", "raw")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Where:
     path: str
     line: int
     col: int
+    file: str = ""  # the file it was written in ("" in hand-built trees)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class Leaf:
     """One operator on one field.
 
     ``value`` by operator: keyword/value/affix ops → tuple of normalised strings; regex/glob →
-    the RE2 pattern (glob already translated, anchored); number ops → float; exists → bool;
-    time_in → calendar name.
+    the RE2 pattern (glob already translated, anchored); number ops → float, ``between`` →
+    (low, high); exists → bool; time_in → calendar name. ``view`` "raw" (``raw: true``)
+    matches the text as received.
     """
 
     field: str

@@ -60,6 +60,10 @@ def _leaf(leaf: Leaf, reader: FieldReader, ruleset: RuleSet) -> bool:
     op = leaf.op
     if op == "exists":
         return (reader.raw(leaf.field) is not None) == leaf.value
+    if op == "between":
+        low, high = leaf.value  # type: ignore[misc]
+        numbers = [as_number(v) for v in reader.raw(leaf.field) or ()]
+        return any(n is not None and low <= n <= high for n in numbers)
     if op in _COMPARE:
         numbers = [as_number(v) for v in reader.raw(leaf.field) or ()]
         limit = float(str(leaf.value))

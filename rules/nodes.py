@@ -30,6 +30,7 @@ COMPARE: dict[str, Callable[[float, float], bool]] = {
     "gte": operator.ge,
     "lt": operator.lt,
     "lte": operator.le,
+    "between": lambda n, limit: limit[0] <= n <= limit[1],  # type: ignore[index]
 }
 
 
@@ -231,7 +232,7 @@ class NumberNode(LeafNode):
 
     def __init__(self, leaf: Leaf) -> None:
         super().__init__(leaf)
-        assert isinstance(leaf.value, float)
+        assert isinstance(leaf.value, float | tuple)
         self.compare, self.limit = COMPARE[leaf.op], leaf.value
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
@@ -240,6 +241,8 @@ class NumberNode(LeafNode):
         return self.record(rec, ok, ())
 
     def triggers(self) -> list[Trigger] | None:
+        if self.leaf.op == "between":  # a value >= low is needed: the index tests that
+            return [("num", self.field, ("gte", self.limit[0]))]  # type: ignore[index]
         return [("num", self.field, (self.leaf.op, self.limit))]
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-View = Literal["fold", "case"]
+View = Literal["fold", "case", "raw"]  # raw: the text as received (``raw: true``)
 Chinese = Literal["none", "t2s"]
 
 
@@ -104,7 +104,7 @@ def needs_casefold(data: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """The two views of one ruleset's normalisation settings."""
+    """The views of one ruleset's normalisation settings (``raw`` normalises nothing)."""
 
     nfkc: bool = True
     casefold: bool = True
@@ -114,7 +114,8 @@ class Normalizer:
         """The pipeline of each view; raises ``NormalizerUnavailable`` (t2s without opencc)."""
         t2s = _t2s() if self.chinese == "t2s" else None
         case = Pipeline(self.nfkc, False, t2s)
-        return {"fold": Pipeline(self.nfkc, self.casefold, t2s), "case": case}
+        fold = Pipeline(self.nfkc, self.casefold, t2s)
+        return {"fold": fold, "case": case, "raw": Pipeline(False, False, None)}
 
 
 def _ascii_decompositions() -> dict[str, str]:

@@ -24,7 +24,7 @@ class RuleSet:
     """
 
     file: str
-    hash: str  # sha256 hex of the source text
+    hash: str  # sha256 hex of the source text (with includes: of every file's name and text)
     teams: Mapping[str, Team]
     defaults: Defaults
     rules: tuple[Rule, ...]
@@ -36,6 +36,7 @@ class RuleSet:
     timezone: str
     program: Program = field(repr=False)
     warnings: list[Problem] = field(default_factory=list)
+    files: tuple[str, ...] = ()  # every file read: the main one, then included ones
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

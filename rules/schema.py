@@ -119,6 +119,8 @@ class CalendarModel(_Strict):
 
     weekdays: list[str] | None = None
     times: list[TimeRangeModel] | None = None
+    days_of_month: list[str | int] | None = None
+    months: list[str | int] | None = None
     location: Timezone | None = None
     holidays: str | None = None
 
@@ -166,6 +168,7 @@ class RuleFileModel(_Strict):
     """The whole rule file (for the JSON Schema; the loader validates section by section)."""
 
     version: Literal[1]
+    include: list[str] | None = None
     settings: SettingsModel = SettingsModel()
     teams: dict[str, TeamModel]
     categories: list[str] | None = None

@@ -109,6 +109,16 @@ class Document:
         lines = self._lines
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
+    def origin(self, path: Sequence[str | int]) -> Document:
+        """The document the node at ``path`` was written in (itself; see ``rules.include``)."""
+        del path
+        return self
+
+    def by_file(self, file: str) -> Document:
+        """The document read from ``file`` (itself; see ``rules.include``)."""
+        del file
+        return self
+
     def problem(
         self,
         path: Sequence[str | int],

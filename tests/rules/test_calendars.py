@@ -96,6 +96,26 @@ def test_naive_datetime_is_utc() -> None:
             id="zone",
         ),
         pytest.param(
+            'days_of_month: ["1:7", "0"]',
+            'rules.yaml:9:28: E109 invalid day of month "0"',
+            id="day-zero",
+        ),
+        pytest.param(
+            'days_of_month: ["7:1"]',
+            'rules.yaml:9:21: E109 day of month range "7:1" runs backwards (ranges do not wrap)',
+            id="days-backwards",
+        ),
+        pytest.param(
+            'months: ["january:marhc"]',
+            'rules.yaml:9:14: E109 invalid month "january:marhc"',
+            id="month-name",
+        ),
+        pytest.param(
+            "months: [13]",
+            'rules.yaml:9:14: E109 invalid month "13"',
+            id="month-number",
+        ),
+        pytest.param(
             "holidays: XX",
             'rules.yaml:9:15: E109 unknown holidays country "XX"',
             id="country",
@@ -132,3 +152,46 @@ def test_calendar_contains_is_exposed_for_sla_clocks() -> None:
     assert business.contains(at(2026, 1, 4, 9, 30))  # 调休: Sunday is a working day
     assert not business.contains(at(2026, 10, 1, 10, 0))  # National Day
     assert ruleset.calendars["always"].contains(at(2026, 10, 1, 3, 0))
+
+
+MONTHLY = """
+calendars:
+  first_week: {days_of_month: ["1:7"]}
+  month_end: {days_of_month: ["-3:-1"], location: Asia/Shanghai}
+  q1_and_december: {months: ["january:mar", 12]}
+  first_to_last: {days_of_month: ["2:-2"], months: [feb]}
+"""
+
+MONTHLY_RULES = """
+- id: first-week
+  when: {time_in: first_week}
+  set: {tags: [first-week]}
+- id: month-end
+  when: {time_in: month_end}
+  set: {tags: [month-end]}
+- id: q1-dec
+  when: {time_in: q1_and_december}
+  set: {tags: [q1-dec]}
+- id: mixed
+  when: {time_in: first_to_last}
+  set: {tags: [mixed]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "tags"),
+    [
+        pytest.param(at(2026, 3, 4, 10, 0), ("first-week", "q1-dec"), id="march-4"),
+        pytest.param(at(2026, 4, 8, 10, 0), (), id="april-8"),
+        pytest.param(at(2026, 2, 26, 10, 0), ("month-end", "q1-dec", "mixed"), id="feb-26"),
+        pytest.param(at(2026, 2, 28, 10, 0), ("month-end", "q1-dec"), id="feb-28-last"),
+        pytest.param(at(2028, 2, 29, 10, 0), ("month-end", "q1-dec"), id="leap-feb-29"),
+        pytest.param(at(2028, 2, 27, 10, 0), ("month-end", "q1-dec", "mixed"), id="leap-feb-27"),
+        pytest.param(at(2026, 12, 29, 10, 0), ("month-end", "q1-dec"), id="dec-29"),
+        pytest.param(at(2026, 12, 28, 10, 0), ("q1-dec",), id="dec-28"),
+        pytest.param(at(2026, 2, 1, 10, 0), ("first-week", "q1-dec"), id="feb-1"),
+    ],
+)
+def test_days_of_month_and_months(when: datetime, tags: tuple[str, ...]) -> None:
+    ruleset = load(MONTHLY_RULES, MONTHLY)
+    assert decide(ruleset, message(received_at=when)).tags == tags

@@ -139,6 +139,26 @@ ERRORS = [
         "rules.yaml:1:1: E109 a rule file is a mapping with version, teams, defaults and rules; "
         "got a list",
     ),
+    (
+        "between-not-a-pair",
+        GOOD_HEAD + "  - id: r\n    when: {attachments: {between: [1]}}\n",
+        "rules.yaml:10:35: E109 between takes [low, high], two numbers, got a list",
+    ),
+    (
+        "between-backwards",
+        GOOD_HEAD + "  - id: r\n    when: {attachments: {between: [5, 1]}}\n",
+        "rules.yaml:10:35: E109 between [5, 1]: low is above high",
+    ),
+    (
+        "between-on-text",
+        GOOD_HEAD + "  - id: r\n    when: {subject: {between: [1, 2]}}\n",
+        'rules.yaml:10:22: E109 operator "between" does not apply to field "subject"',
+    ),
+    (
+        "raw-not-bool",
+        GOOD_HEAD + "  - id: r\n    when: {subject: {contains: x, raw: 1}}\n",
+        "rules.yaml:10:40: E109 raw must be true or false",
+    ),
 ]
 
 
@@ -227,4 +247,128 @@ def test_warnings_do_not_block() -> None:
         "and keywords",
         'rules.yaml:11:5: W301 rule "dead" can never fire: rule "catch-all" (line 9) '
         "matches every message and stops",
+    ]
+
+
+def test_raw_option_warnings() -> None:
+    text = GOOD_HEAD + (
+        "  - id: r\n"
+        "    when: {attachments: {gt: 1, raw: true}, subject: {contains: x, raw: true, "
+        "case_sensitive: true}}\n"
+    )
+    ruleset = load_text(text, "rules.yaml")
+    assert [str(w) for w in ruleset.warnings if w.code == "W203"] == [
+        'rules.yaml:10:33: W203 raw only affects text operators, not those on "attachments"',
+        "rules.yaml:10:79: W203 case_sensitive has no effect with raw: true "
+        "(raw text is never casefolded)",
+    ]
+
+
+WARNINGS = [
+    (
+        "variant-in-list",
+        "lists:\n  account_words: [帐号, 密码]\n",
+        "  - id: r\n    when: {text: {contains_any: $account_words}}\n",
+        'rules.yaml:5:19: W210 keyword "帐号" holds the variant "帐号"; '
+        'list "account_words" has no "账号" '
+        "(common mainland form: text written with it will not match)",
+    ),
+    (
+        "variant-inline",
+        "",
+        "  - id: r\n    when: {text: {contains_any: [帐单, 发票]}}\n",
+        'rules.yaml:6:34: W210 keyword "帐单" holds the variant "帐单"; '
+        'the keywords have no "账单" '
+        "(common mainland form: text written with it will not match)",
+    ),
+    (
+        "continue-then-team",
+        "",
+        "  - id: big\n    when: {attachments: {gt: 2}}\n    set: {team: triage}\n"
+        "    continue: true\n"
+        "  - id: big-refund\n    when: {attachments: {gt: 2}, text: {contains: refund}}\n"
+        "    set: {team: billing, tags: [r]}\n",
+        'rules.yaml:9:5: W302 rule "big-refund" sets team but fires only after rule "big" '
+        "(line 5) set it and continued: first writer wins, so this has no effect on it "
+        "(heuristic)",
+    ),
+    (
+        "annotating-category-first",
+        "",
+        "  - id: tag\n    set: {category: vip}\n"
+        "  - id: refund\n    when: {text: {contains: refund}}\n    set: {category: refunds}\n",
+        'rules.yaml:7:5: W302 rule "refund" sets category but fires only after rule "tag" '
+        "(line 5) set it and continued: first writer wins, so this has no effect on it "
+        "(heuristic)",
+    ),
+    (
+        "deep-nesting",
+        "",
+        "  - id: r\n"
+        "    when: {any: [{all: [{not: {any: [{not: {text: {contains: refund}}}]}}]}]}\n",
+        "rules.yaml:6:39: W303 condition nested deeper than 4 (all/any/not); move a part into "
+        "a named condition and use it",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "rules", "expected"), [pytest.param(*w[1:], id=w[0]) for w in WARNINGS]
+)
+def test_warning_position_and_text(extra: str, rules: str, expected: str) -> None:
+    text = (
+        "version: 1\nteams: {triage: {inbox: [x]}, billing: {inbox: [x]}}\n"
+        "defaults: {team: triage, category: general, priority: medium}\n"
+        + extra
+        + "rules:\n"
+        + rules
+    )
+    assert expected in [str(w) for w in load_text(text, "rules.yaml").warnings]
+
+
+@pytest.mark.parametrize(
+    ("extra", "rules"),
+    [
+        pytest.param(
+            "lists:\n  a: [帐号, 账号]\n",
+            "  - id: r\n    when: {text: {contains_any: $a}}\n",
+            id="both-forms",
+        ),
+        pytest.param(
+            "",
+            "  - id: big\n    when: {attachments: {gt: 2}}\n    set: {team: triage}\n"
+            "    continue: true\n"
+            "  - id: refund\n    when: {text: {contains: refund}}\n    set: {team: billing}\n",
+            id="other-condition",
+        ),
+        pytest.param(
+            "",
+            "  - id: r\n    when: {any: [{all: [{not: {any: [{text: {contains: x1}}]}}]}]}\n",
+            id="depth-4",
+        ),
+    ],
+)
+def test_no_warning(extra: str, rules: str) -> None:
+    text = (
+        "version: 1\nteams: {triage: {inbox: [x]}, billing: {inbox: [x]}}\n"
+        "defaults: {team: triage, category: general, priority: medium}\n"
+        + extra
+        + "rules:\n"
+        + rules
+    )
+    codes = {w.code for w in load_text(text, "rules.yaml").warnings}
+    assert not codes & {"W210", "W302", "W303"}
+
+
+def test_traditional_keyword_normalised_by_t2s_warns() -> None:
+    pytest.importorskip("opencc")
+    text = (
+        "version: 1\nteams: {triage: {inbox: [x]}}\n"
+        "settings: {normalize: {chinese: t2s}}\n"
+        "defaults: {team: triage, category: general, priority: medium}\n"
+        "rules:\n  - id: r\n    when: {text: {contains_any: [帳號]}}\n"
+    )
+    assert [str(w) for w in load_text(text, "rules.yaml").warnings] == [
+        'rules.yaml:7:34: W210 keyword "帳號" normalises to "帐号"; the keywords have no "账号" '
+        "(common mainland form: text written with it will not match)"
     ]

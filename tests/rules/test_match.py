@@ -173,6 +173,27 @@ sla:
   urgent: {first_response: 30m}
 """
 
+BETWEEN = """
+- id: mid-order
+  when: {fields.order.amount: {between: [1000, 9999.5]}}
+  set: {tags: [mid]}
+- id: few-attachments
+  when: {attachments: {between: [1, 2]}}
+  set: {tags: [few]}
+"""
+
+RAW = """
+- id: raw-full-width
+  when: {subject: {contains: ＲＥＦＵＮＤ, raw: true}}
+  set: {tags: [raw-fw]}
+- id: raw-regex
+  when: {subject: {regex: '^Re:', raw: true}}
+  set: {tags: [raw-re]}
+- id: folded
+  when: {subject: {contains: refund}}
+  set: {tags: [folded]}
+"""
+
 CASES: list[Any] = [
     # Chinese keywords match without word boundaries; full width and case are normalised.
     (
@@ -345,6 +366,18 @@ CASES: list[Any] = [
         {"subject": "refund？"},
         {"team": "billing", "sla_s": 7200.0},
     ),
+    # between: inclusive at both ends; a missing field or a non-number never matches.
+    ("between-low", BETWEEN, "", {"fields": {"order": {"amount": 1000}}}, {"tags": ("mid",)}),
+    ("between-high", BETWEEN, "", {"fields": {"order": {"amount": "9999.5"}}}, {"tags": ("mid",)}),
+    ("between-above", BETWEEN, "", {"fields": {"order": {"amount": 10000}}}, {"tags": ()}),
+    ("between-text", BETWEEN, "", {"fields": {"order": {"amount": "many"}}}, {"tags": ()}),
+    ("between-count", BETWEEN, "", {"attachments": 2}, {"tags": ("few",)}),
+    ("between-zero", BETWEEN, "", {"attachments": 0}, {"tags": ()}),
+    # raw: true matches the text as received: no NFKC, no casefolding (keywords neither).
+    ("raw-full-width", RAW, "", {"subject": "ＲＥＦＵＮＤ"}, {"tags": ("raw-fw", "folded")}),
+    ("raw-ascii", RAW, "", {"subject": "REFUND"}, {"tags": ("folded",)}),
+    ("raw-regex-case", RAW, "", {"subject": "RE: refund"}, {"tags": ("folded",)}),
+    ("raw-regex", RAW, "", {"subject": "Re: hi"}, {"tags": ("raw-re",)}),
 ]
 
 
@@ -420,3 +453,11 @@ def test_evaluate_never_raises() -> None:
     assert decision.tags == ("routing-error",)
     assert decision.fallback
     assert decision.error
+
+
+def test_raw_is_not_t2s_converted() -> None:
+    pytest.importorskip("opencc")
+    rules = REFUND.replace("[退款, refund]}", "[申請退款], raw: true}")
+    ruleset = load(rules, "settings: {normalize: {chinese: t2s}}\n")
+    assert decide(ruleset, message(subject="申請退款")).team == "billing"
+    assert decide(ruleset, message(subject="申请退款")).team == "triage"

@@ -58,7 +58,8 @@ TEAMS = ["triage", "billing", "sre", "vip"]
 keywords = st.lists(st.sampled_from(KEYWORDS), min_size=1, max_size=3)
 list_ref = st.sampled_from(["$words", "$more"])
 options = st.fixed_dictionaries(
-    {}, optional={"ascii_word": st.booleans(), "case_sensitive": st.booleans()}
+    {},
+    optional={"ascii_word": st.booleans(), "case_sensitive": st.booleans(), "raw": st.booleans()},
 )
 
 
@@ -101,6 +102,12 @@ other_leaf = st.one_of(
         st.sampled_from(["attachments", "fields.amount", "header.x-tag"]),
         st.sampled_from(["gt", "gte", "lt", "lte"]),
         st.integers(0, 3),
+    ),
+    st.builds(
+        lambda f, low, span: {f: {"between": [low, low + span]}},
+        st.sampled_from(["attachments", "fields.amount", "header.x-tag"]),
+        st.integers(0, 3),
+        st.sampled_from([0, 0.5, 2]),
     ),
     st.just({"time_in": "always"}),
     st.sampled_from([{"use": "c1"}, {"use": "c2"}]),
