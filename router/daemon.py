@@ -8,7 +8,6 @@ and call ``stop()``/``reload()`` directly.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from router.interfaces import Inbound, Sender
 from router.queue import Queue, open_queue
 from router.secrets import SecretRef
 from router.store import Store, open_store
-from rules.loader import RuleFileError, RuleSet, load_file
+from rules.loader import RuleFileError, RuleSet, digest_files, load_file
 from rules.source import Problem
 
 log = structlog.get_logger()
@@ -98,25 +97,17 @@ class Daemon:
             return []
 
     async def _watch_rules(self, interval_s: float) -> None:
-        """Reload when the rules file's content differs from what was last loaded or tried.
+        """Reload when any rules file read (the main one and its includes) changes content.
 
         Content, not mtime and size: an edit of the same length within one timestamp tick
-        would go unseen. The baseline is the hash of the rules in force (computed like the
-        loader's), so an edit made while the daemon was starting is not missed; a broken
-        version is tried once, not on every poll.
+        would go unseen. The baseline is the hash of the rules in force, so an edit made while
+        the daemon was starting is not missed; a broken version is tried once, not on every
+        poll. A file newly added to an included directory needs SIGHUP or POST /-/reload.
         """
-
-        def digest() -> str | None:
-            try:
-                text = self.config.rules.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                return None
-            return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
         last = self.ruleset.hash
         while True:
             await asyncio.sleep(interval_s)
-            current = await asyncio.to_thread(digest)
+            current = await asyncio.to_thread(digest_files, self.ruleset.files)
             if current is not None and current != last:
                 last = current
                 await self.reload("watch")

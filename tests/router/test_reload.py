@@ -133,3 +133,23 @@ async def test_watched_rules_file_reloads_on_change(tmp_path: Path) -> None:
         for _ in range(20):  # give the watcher time to see the broken file; routing must stay
             await asyncio.sleep(0.05)
         assert daemon.ruleset.hash == new_hash
+
+
+async def test_watched_included_file_reloads_on_change(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    text = rules.read_text()
+    start = text.index("  sales_words:")
+    end = text.index("\n", start) + 1
+    (tmp_path / "sales.yaml").write_text("lists:\n" + text[start:end])
+    rules.write_text("include: [sales.yaml]\n" + text[:start] + text[end:])
+    path.write_text(path.read_text() + "rules_watch: 50ms\n")
+    cfg = config_mod.load(path)
+    async with running_daemon(cfg) as daemon:
+        old_hash = daemon.ruleset.hash
+        assert str(tmp_path / "sales.yaml") in daemon.ruleset.files
+        sales = tmp_path / "sales.yaml"
+        sales.write_text(sales.read_text().replace("[价格,", "[价格, 发票,"))
+        async with asyncio.timeout(30):
+            while daemon.ruleset.hash == old_hash:  # noqa: ASYNC110 (the watcher polls too)
+                await asyncio.sleep(0.02)
