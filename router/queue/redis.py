@@ -17,212 +17,43 @@ scales out). Contract: ``router/queue/__init__.py``; key names: ``router/keys.py
   entry is still pending with that count, so a stale holder cannot settle a retaken lease.
 - Settling deletes the entry (XACK + XDEL; ``ack_batch``: one of each for all its entries);
   nothing is ever trimmed with MAXLEN.
-- No caller's cancellation ever reaches redis-py (see :class:`Detached`).
+- No caller's cancellation ever reaches redis-py (see ``router.redis.Detached``). The Lua
+  scripts are in ``router/queue/redis_scripts.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from router.errors import QueueUnavailable
 from router.keys import DEFAULT_PREFIX, GROUP, Keys
 from router.message import Message
 from router.queue import DeadLetter, Lease, QueueStats
+from router.queue.redis_scripts import (
+    DEAD,
+    MOVE_DUE,
+    PUT_DEDUPE,
+    REPLAY,
+    REQUEUE,
+    RETRY,
+)
+from router.redis import Detached, connect, create_group, detached, unavailable
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
 _BATCH = 1000  # puts per pipeline
 _POLL_S = 0.5  # longest XREADGROUP block: how often expired leases and due retries are checked
-
-# KEYS: stream, dedupe key. ARGV: payload, message id, window ms. Returns the id to report.
-_PUT_DEDUPE = """
-local earlier = redis.call('GET', KEYS[2])
-if earlier then return earlier end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'a', '0')
-return ARGV[2]
-"""
-
-# Shared head of the settle scripts. KEYS[1] stream; ARGV[1] group, ARGV[2] entry id,
-# ARGV[3] times_delivered of the lease. Removes the entry if the lease is current and
-# returns its payload, else nil.
-_SETTLE_HEAD = """
-local function take_entry()
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-  if #p == 0 or p[1][4] ~= tonumber(ARGV[3]) then return nil end
-  local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-  if #e == 0 then return nil end
-  local f = e[1][2]
-  for i = 1, #f, 2 do if f[i] == 'm' then return f[i + 1] end end
-  return nil
-end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local m = take_entry()
-if not m then return 0 end
-"""
-
-# KEYS: stream, delayed. ARGV[4] attempts so far, ARGV[5] retry in ms.
-_RETRY = (
-    _SETTLE_HEAD
-    + """
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[5]), ARGV[4] .. '|' .. m)
-return 1
-"""
-)
-
-# KEYS: stream, dead, dead:info, dead:order. ARGV[4] message id, ARGV[5] info JSON.
-_DEAD = (
-    _SETTLE_HEAD
-    + """
-redis.call('HSET', KEYS[2], ARGV[4], m)
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[4], now_ms(), ARGV[4])
-return 1
-"""
-)
-
-# KEYS: stream. ARGV[4] attempts to keep. A lease taken for a cancelled take() goes back.
-_REQUEUE = (
-    _SETTLE_HEAD
-    + """
-redis.call('XADD', KEYS[1], '*', 'm', m, 'a', ARGV[4])
-return 1
-"""
-)
-
-# KEYS: delayed, stream. ARGV[1] limit. Moves due retries; returns {moved, ms to next or -1}.
-_MOVE_DUE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, member in ipairs(due) do
-  local sep = string.find(member, '|', 1, true)
-  local attempts, payload = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-  redis.call('XADD', KEYS[2], '*', 'm', payload, 'a', attempts)
-  redis.call('ZREM', KEYS[1], member)
-end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #nxt == 0 then return {#due, -1} end
-return {#due, math.max(0, math.floor(tonumber(nxt[2]) - now))}
-"""
-
-# KEYS: dead, dead:info, dead:order, stream. ARGV: message ids. Returns how many replayed.
-_REPLAY = """
-local n = 0
-for _, id in ipairs(ARGV) do
-  local m = redis.call('HGET', KEYS[1], id)
-  if m then
-    redis.call('XADD', KEYS[4], '*', 'm', m, 'a', '0')
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-    n = n + 1
-  end
-end
-return n
-"""
-
-
-@contextlib.contextmanager
-def unavailable(what: str) -> Iterator[None]:
-    """Turn Redis and socket errors into ``QueueUnavailable`` with the cause chained."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise QueueUnavailable(f"redis {what} failed: {exc}") from exc
-
-
-def connect(url: str, *, socket_timeout_s: float) -> Redis:
-    """A client that fails fast enough for callers to hear of an outage."""
-    return Redis.from_url(
-        url,
-        protocol=2,  # RESP2: the reply shapes parsed here (redis-py 8 may default to RESP3)
-        socket_connect_timeout=5,
-        socket_timeout=socket_timeout_s,
-        # a few quick retries, not redis-py's default 10: callers must hear of an outage
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3),
-    )
-
-
-async def _create_group(client: Redis, keys: Keys) -> None:
-    try:
-        await client.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-class Detached:
-    """Runs each Redis operation in its own task, awaited through ``asyncio.shield``.
-
-    Why: redis-py 8.1 asyncio sometimes swallows a cancellation that lands mid-command (the
-    redis/redis-py#2028 family; measured here on ~10 % of cancels): the command returns
-    normally and the cancelled task carries on, e.g. a dispatcher worker that never stops.
-    Here a caller's cancellation only ever hits the shield, so it always raises; the operation
-    itself completes (an ack is never half-sent), and ``drain`` awaits what is still running.
-    """
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Future[object]] = set()
-
-    def spawn(self, work: Awaitable[T]) -> asyncio.Future[T]:
-        """Start ``work`` in its own task, tracked until done."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(cast("asyncio.Future[object]", task))
-        task.add_done_callback(self._done)
-        return task
-
-    async def run(self, work: Awaitable[T]) -> T:
-        """Run ``work`` detached from the caller's cancellation and return its result."""
-        return await asyncio.shield(self.spawn(work))
-
-    async def drain(self) -> None:
-        """Wait for every spawned task, including those started meanwhile."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _done(self, task: asyncio.Future[T]) -> None:
-        self._tasks.discard(cast("asyncio.Future[object]", task))
-        if not task.cancelled():
-            task.exception()  # mark retrieved: a cancelled caller no longer awaits it
-
-
-class _HasOps(Protocol):
-    _ops: Detached
-
-
-S = TypeVar("S", bound=_HasOps)
-
-
-def detached(
-    method: Callable[Concatenate[S, P], Awaitable[T]],
-) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
-    """Decorate an async method to run through ``self._ops`` (:class:`Detached`)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._ops.run(method(self, *args, **kwargs))
-
-    return wrapper
 
 
 _Waiting = tuple[Message, bytes, "asyncio.Future[str]"]
@@ -253,9 +84,9 @@ class RedisQueue:
         self._dedupe_ms = max(1, int(dedupe_window_s * 1000))
         self._scripts = {
             name: client.register_script(lua)
-            for name, lua in (("retry", _RETRY), ("dead", _DEAD), ("requeue", _REQUEUE))
+            for name, lua in (("retry", RETRY), ("dead", DEAD), ("requeue", REQUEUE))
         }
-        self._replay_script = client.register_script(_REPLAY)
+        self._replay_script = client.register_script(REPLAY)
         self._recovered = False  # own pending entries left by a previous run handed out
         self._recover_cursor: bytes | str = "0"
         self._recover_lock = asyncio.Lock()
@@ -284,7 +115,7 @@ class RedisQueue:
         reader = connect(url, socket_timeout_s=_POLL_S + 10)
         try:
             with unavailable("open"):
-                await _create_group(client, keys)
+                await create_group(client, keys)
         except BaseException:
             await client.aclose()
             await reader.aclose()
@@ -418,7 +249,7 @@ class RedisQueue:
     async def _settle(
         self, script: str, keys: list[str], lease: Lease, args: list[str | int]
     ) -> None:
-        """Run a settle script (``_SETTLE_HEAD``): only if ``lease`` is still current."""
+        """Run a settle script (``SETTLE_HEAD``): only if ``lease`` is still current."""
         entry_id, delivered = lease.token.split()
         with unavailable(script):
             await self._scripts[script](
@@ -443,7 +274,7 @@ class RedisQueue:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                await _create_group(self._client, self._keys)  # the stream was deleted under us
+                await create_group(self._client, self._keys)  # the stream was deleted under us
                 return []
 
     async def _recover(self, count: int) -> list[Lease]:
@@ -466,7 +297,7 @@ class RedisQueue:
         """Move due retries to the stream, then take over up to ``count`` expired leases."""
         k = self._keys
         pipe = self._client.pipeline(transaction=False)
-        pipe.eval(_MOVE_DUE, 2, k.delayed, k.stream, 100)
+        pipe.eval(MOVE_DUE, 2, k.delayed, k.stream, 100)
         pipe.xautoclaim(
             k.stream,
             GROUP,
@@ -548,7 +379,7 @@ class RedisQueue:
             else:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
                 dedupe = self._keys.dedupe(message.dedupe_key)
                 pipe.eval(
-                    _PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, self._dedupe_ms
+                    PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, self._dedupe_ms
                 )
         try:
             results = await pipe.execute(raise_on_error=False)

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from router.keys import DEFAULT_PREFIX, Keys
 from router.message import Message
-from router.queue.redis import Detached, connect, detached, unavailable
+from router.redis import Detached, connect, detached, unavailable
 
 _PRUNE_EVERY = 100
 _CHUNK = 1000
