@@ -170,8 +170,8 @@ def read_files(main: Document, out: list[Problem]) -> tuple[Document, list[Docum
     origins: dict[tuple[str | int, ...], Document] = {}
     for section in _NAMED:
         _merge_named(merged, section, reader.order, origins, out)
-    _merge_rules(merged, reader.order, origins, out)
-    _merge_categories(merged, reader.order, origins, out)
+    _merge_sequence(merged, reader.order, origins, out, "rules", unique=False)
+    _merge_sequence(merged, reader.order, origins, out, "categories", unique=True)
     data = MergedDocument(main.file, main.text, merged, origins, docs)
     return data, ordered
 
@@ -246,42 +246,28 @@ def _parts(order: list[Document], section: str, out: list[Problem]) -> list[tupl
     return parts
 
 
-def _merge_rules(
+def _merge_sequence(
     merged: YamlMap,
     order: list[Document],
     origins: dict[tuple[str | int, ...], Document],
     out: list[Problem],
+    section: str,
+    *,
+    unique: bool,
 ) -> None:
-    """Concatenate the rules of every file (includes first, main last)."""
-    parts = _parts(order, "rules", out)
+    """Concatenate ``section`` of every file (includes first, main last); ``unique`` keeps the
+    first of equal items (categories), otherwise every item stays (rules: ids are checked later).
+    """
+    parts = _parts(order, section, out)
     if not parts:
         return
     result = YamlSeq()
     result.items_at = []
     for doc, value in parts:
         for item, at in zip(value, value.items_at, strict=True):
-            origins[("rules", len(result))] = doc
+            if unique and item in result:
+                continue
+            origins[(section, len(result))] = doc
             result.append(item)
             result.items_at.append(at)
-    _place(merged, "rules", result, parts[0][0], parts[-1][0], origins)
-
-
-def _merge_categories(
-    merged: YamlMap,
-    order: list[Document],
-    origins: dict[tuple[str | int, ...], Document],
-    out: list[Problem],
-) -> None:
-    """Union of every file's categories, in file order."""
-    parts = _parts(order, "categories", out)
-    if not parts:
-        return
-    result = YamlSeq()
-    result.items_at = []
-    for doc, value in parts:
-        for item, at in zip(value, value.items_at, strict=True):
-            if item not in result:
-                origins[("categories", len(result))] = doc
-                result.append(item)
-                result.items_at.append(at)
-    _place(merged, "categories", result, parts[0][0], parts[-1][0], origins)
+    _place(merged, section, result, parts[0][0], parts[-1][0], origins)
