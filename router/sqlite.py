@@ -18,12 +18,13 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from router.batching import GroupCommit
 from router.errors import QueueUnavailable, StateLocked, TriagedError
 
 T = TypeVar("T")
-_Job = tuple[Callable[..., Any], tuple[object, ...], bool, "asyncio.Future[Any]"]
+_Job = tuple[Callable[..., Any], tuple[object, ...], bool]  # fn, args, durable
 
 
 class SqliteFile:
@@ -35,8 +36,11 @@ class SqliteFile:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self._jobs: list[_Job] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._writes: GroupCommit[_Job, Any] = GroupCommit(
+            self._flush,
+            error=lambda cause: QueueUnavailable(f"{path}: {cause}"),
+            name=f"sqlite-writes:{path}",
+        )
 
     @classmethod
     async def open(
@@ -73,52 +77,29 @@ class SqliteFile:
         """
         if self._closed:
             raise QueueUnavailable(f"{self.path} is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.append((fn, args, durable, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name=f"sqlite-writes:{self.path}")
-        # shielded: a caller cancelled after queueing still gets its write done (an ack)
-        return await asyncio.shield(future)
+        return cast(T, await self._writes.submit((fn, args, durable)))
 
-    async def _drain(self) -> None:
+    async def _flush(self, jobs: list[_Job]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        while self._jobs:
-            jobs, self._jobs = self._jobs, []
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, jobs)
-            except (sqlite3.Error, OSError) as exc:
-                for *_, future in jobs:
-                    if not future.done():
-                        error = QueueUnavailable(f"{self.path}: {exc}")
-                        error.__cause__ = exc
-                        future.set_exception(error)
-                continue
-            for (*_, future), (ok, value) in zip(jobs, results, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    error = QueueUnavailable(f"{self.path}: {value}")
-                    error.__cause__ = value
-                    future.set_exception(error)
+        return await loop.run_in_executor(self._executor, self._run_batch, jobs)
 
-    def _run_batch(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, jobs: list[_Job]) -> list[Any]:
+        """On the thread: every job in one transaction, each in its own savepoint."""
         conn = self._conn
         assert conn is not None
-        out: list[tuple[bool, Any]] = []
-        with transaction(conn, durable=any(durable for _, _, durable, _ in jobs)):
-            for fn, args, _, _ in jobs:
+        out: list[Any] = []  # a job's result, or the exception it raised
+        with transaction(conn, durable=any(durable for _, _, durable in jobs)):
+            for fn, args, _ in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
                     value = fn(conn, *args)
                 except (sqlite3.Error, ValueError, TypeError) as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    out.append((False, exc))
+                    out.append(exc)
                     continue
                 conn.execute("RELEASE job")
-                out.append((True, value))
+                out.append(value)
         return out
 
     async def close(self) -> None:
@@ -128,9 +109,7 @@ class SqliteFile:
         """
         if self._closed:
             return
-        if self._drainer is not None:
-            with contextlib.suppress(Exception):
-                await self._drainer
+        await self._writes.drain()
         if self._conn is not None:
             with contextlib.suppress(QueueUnavailable):
                 await self.run(lambda conn: conn.close())

@@ -4,8 +4,8 @@ Place in the flow: inbound channels ``put`` here (via the ``Sink``), the dispatc
 and settles; several daemons on several machines share the stream (that is how triaged
 scales out). Contract: ``router/queue/__init__.py``; key names: ``router/keys.py``.
 
-- ``put``: one writer task flushes every waiting put in ONE pipeline (XADD, or a Lua
-  GET/SET-PX/XADD for a ``dedupe_key``); each caller awaits its own future.
+- ``put``: one flush (``router/batching.py``) sends every waiting put in ONE pipeline (XADD,
+  or a Lua GET/SET-PX/XADD for a ``dedupe_key``); each caller awaits its own future.
 - ``take``: (1) once after open, this consumer's own pending entries (XREADGROUP id "0": a
   restart under the same name gets its unsettled leases back at once); (2) due retries are
   moved from the delayed ZSET to the stream (Lua, so two daemons never double-move) and
@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from router.batching import GroupCommit
 from router.errors import QueueUnavailable
 from router.keys import DEFAULT_PREFIX, GROUP, Keys
 from router.message import Message
@@ -54,9 +55,6 @@ P = ParamSpec("P")
 
 _BATCH = 1000  # puts per pipeline
 _POLL_S = 0.5  # longest XREADGROUP block: how often expired leases and due retries are checked
-
-
-_Waiting = tuple[Message, bytes, "asyncio.Future[str]"]
 
 
 class RedisQueue:
@@ -91,12 +89,15 @@ class RedisQueue:
         self._recover_cursor: bytes | str = "0"
         self._recover_lock = asyncio.Lock()
         self._claim_cursor: bytes | str = "0-0"
-        self._pending: list[_Waiting] = []
-        self._wake_writer = asyncio.Event()
+        self._puts: GroupCommit[Message, str] = GroupCommit(
+            self._commit,
+            error=lambda cause: QueueUnavailable(f"redis put failed: {cause}"),
+            name=f"redis-puts:{consumer}",
+            max_batch=_BATCH,
+        )
         self._ops = Detached()
         self._closing = False
         self._closed = False
-        self._writer = asyncio.create_task(self._write_loop(), name=f"redis-writer:{consumer}")
 
     @classmethod
     async def open(
@@ -131,13 +132,10 @@ class RedisQueue:
         )
 
     async def put(self, message: Message) -> str:
-        """Park the message for the writer's next pipeline; return its id once Redis has it."""
+        """Park the message for the next pipeline; return its id once Redis has it."""
         if self._closing:
             raise QueueUnavailable("redis queue is closed")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, message.to_json(), future))
-        self._wake_writer.set()
-        return await future
+        return await self._puts.submit(message)
 
     async def take(self) -> Lease:
         """Lease the next message; what a read got for a cancelled caller is handed back."""
@@ -239,8 +237,7 @@ class RedisQueue:
         if self._closed:
             return
         self._closing = True
-        self._wake_writer.set()
-        await self._writer
+        await self._puts.drain()
         await self._ops.drain()
         self._closed = True
         await self._client.aclose()
@@ -359,21 +356,11 @@ class RedisQueue:
             attempt=int(fields.get(b"a", b"0")) + delivered,
         )
 
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                await self._wake_writer.wait()
-                self._wake_writer.clear()
-                continue
-            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Waiting]) -> None:
-        """One pipeline for the whole batch, then resolve every caller's future."""
+    async def _commit(self, batch: list[Message]) -> list[str | BaseException]:
+        """One pipeline for every waiting put; per put its id (dedupe: the first) or the error."""
         pipe = self._client.pipeline(transaction=False)
-        for message, payload, _ in batch:
+        for message in batch:
+            payload = message.to_json()
             if message.dedupe_key is None:
                 pipe.xadd(self._keys.stream, {"m": payload, "a": 0})
             else:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
@@ -381,19 +368,15 @@ class RedisQueue:
                 pipe.eval(
                     PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, self._dedupe_ms
                 )
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the writer outlives any batch: the error goes to its callers
-            results = [exc] * len(batch)
-        for (message, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                error = QueueUnavailable(f"redis put failed: {result}")
-                error.__cause__ = result  # one instance per caller: no shared traceback
-                future.set_exception(error)
-            else:
-                future.set_result(message.id if message.dedupe_key is None else result.decode())
+        results = await pipe.execute(raise_on_error=False)
+        return [
+            result
+            if isinstance(result, BaseException)
+            else message.id
+            if message.dedupe_key is None
+            else result.decode()
+            for message, result in zip(batch, results, strict=True)
+        ]
 
 
 def _dead_letter(message_id: bytes, payload: bytes, info: dict[str, object]) -> DeadLetter:

@@ -10,7 +10,7 @@ and settles. See ``router/queue/__init__.py`` for the contract.
   nothing and must not ``take``; SQLite's own locking orders its writes with the daemon's.
 - SQLite never runs on the event loop: :class:`SqliteFile` owns the connection on one
   dedicated thread, and every statement runs there.
-- Group commit: ``put`` parks its message and a future; one writer task commits every put
+- Group commit (``router/batching.py``): ``put`` parks its message; one flush commits every put
   waiting at that moment in ONE transaction (WAL, ``synchronous=FULL``: really on disk), then
   resolves all their futures. While that fsync runs, the next batch gathers.
 - Only what was promised is fsync'd (``transaction(durable=True)``): puts and replays. Claims
@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from router.batching import GroupCommit
 from router.errors import QueueUnavailable
 from router.message import Message
 from router.queue import DeadLetter, Lease, QueueStats
@@ -155,8 +156,6 @@ def _stats(conn: sqlite3.Connection, now: float) -> tuple[int, int, int, int]:
 
 # --- the queue --------------------------------------------------------------------------------
 
-_Waiting = tuple[_Put, "asyncio.Future[str]"]
-
 
 class SqliteQueue:
     """The ``Queue`` on one SQLite file (see the module docstring)."""
@@ -168,13 +167,15 @@ class SqliteQueue:
         self._lease_s = lease_s
         self._max_attempts = max_attempts
         self._dedupe_window_s = dedupe_window_s
-        self._pending: list[_Waiting] = []
-        self._wake_writer = asyncio.Event()
+        self._puts: GroupCommit[_Put, str] = GroupCommit(
+            self._commit,
+            error=lambda cause: QueueUnavailable(f"{db.path}: put failed: {cause}"),
+            name=f"sqlite-puts:{db.path}",
+        )
         self._changed = asyncio.Event()  # replaced on every change: a waiter keeps its own
         self._undo: set[asyncio.Task[None]] = set()
         self._batches = 0
         self._closing = False
-        self._writer = asyncio.create_task(self._write_loop(), name=f"sqlite-writer:{db.path}")
 
     @classmethod
     async def open(
@@ -208,11 +209,7 @@ class SqliteQueue:
         """Park the message for the next group commit; return its id once committed."""
         if self._closing:
             raise QueueUnavailable(f"{self._db.path} is closed")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        put = (message.id, message.to_json().decode(), message.dedupe_key)
-        self._pending.append((put, future))
-        self._wake_writer.set()
-        return await future
+        return await self._puts.submit((message.id, message.to_json().decode(), message.dedupe_key))
 
     async def take(self) -> Lease:
         """Lease the next due message, waiting for a put or the next due time."""
@@ -291,8 +288,7 @@ class SqliteQueue:
     async def close(self) -> None:
         """Commit parked puts, wake waiting takers, close the file. Idempotent."""
         self._closing = True
-        self._wake_writer.set()
-        await self._writer
+        await self._puts.drain()
         if self._undo:
             await asyncio.gather(*self._undo)
         await self._db.close()
@@ -338,33 +334,12 @@ class SqliteQueue:
         )
         self._notify()
 
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                await self._wake_writer.wait()
-                self._wake_writer.clear()
-                continue
-            batch, self._pending = self._pending, []
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Waiting]) -> None:
-        """One transaction for the whole batch, then resolve every caller's future."""
+    async def _commit(self, batch: list[_Put]) -> list[str]:
+        """One fsync'd transaction for every waiting put; the ids to report (dedupe: the first)."""
         self._batches += 1
         now = time.time()
-        try:
-            if self._batches % _PRUNE_EVERY == 0:
-                await self._db.write(_execute, "DELETE FROM dedupe WHERE expires <= ?", (now,))
-            ids = await self._db.run(_insert, [put for put, _ in batch], now, self._dedupe_window_s)
-        except Exception as exc:  # the writer outlives any batch: the error goes to its callers
-            for _, future in batch:
-                if not future.done():
-                    error = QueueUnavailable(f"{self._db.path}: put failed: {exc}")
-                    error.__cause__ = exc  # one instance per caller: no shared traceback
-                    future.set_exception(error)
-            return
-        for (_, future), message_id in zip(batch, ids, strict=True):
-            if not future.done():
-                future.set_result(message_id)
+        if self._batches % _PRUNE_EVERY == 0:
+            await self._db.write(_execute, "DELETE FROM dedupe WHERE expires <= ?", (now,))
+        ids = await self._db.run(_insert, batch, now, self._dedupe_window_s)
         self._notify()
+        return ids
