@@ -22,6 +22,7 @@ import ahocorasick_rs
 import re2
 
 from rules.calendars import Calendar
+from rules.decision import RuleTrace
 from rules.fields import TEXT_GROUP
 from rules.model import (
     AFFIX_OPS,
@@ -84,6 +85,12 @@ class CompiledRule:
     node: Any
     id: str = ""  # the rule's id and line, for its trace entry
     line: int = 0
+    traced: tuple[RuleTrace, RuleTrace] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # the routine trace entries (no leaves), made once
+        miss, hit = (RuleTrace(self.id, self.line, matched, ()) for matched in (False, True))
+        entries = (miss, hit)
+        object.__setattr__(self, "traced", entries)
 
 
 @dataclass(frozen=True)

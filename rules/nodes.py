@@ -48,10 +48,11 @@ class LeafNode:
     """Base for leaves: ``info`` is the static part of the trace entry; the entries without
     spans are made once (they are immutable) and shared by every evaluation."""
 
-    __slots__ = ("field", "info", "leaf", "traced", "view")
+    __slots__ = ("field", "info", "key", "leaf", "traced", "view")
 
     def __init__(self, leaf: Leaf) -> None:
         self.leaf, self.field, self.view = leaf, leaf.field, leaf.view
+        self.key = (leaf.field, leaf.view)
         self.info = (leaf.where.path, leaf.where.line, leaf.field, leaf.op)
         self.traced = (
             _new_trace(ConditionTrace, (*self.info, False, ())),
@@ -83,8 +84,12 @@ class KeywordNode(LeafNode):
         self.word = leaf.ascii_word
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        ids = scan.keyword_ids(self.field, self.view)
+        ids = scan.found_ids.get(self.key)
+        if ids is None:
+            ids = scan.keyword_ids(self.field, self.view)
         ok = self.id_set <= ids if self.every else not self.id_set.isdisjoint(ids)
+        if rec is None and not (ok and self.word):  # the routine case: no trace, no spans
+            return ok
         hits = None
         if ok and self.word:  # the automaton found them; are some on word boundaries?
             hits = self._bounded(scan.hits(self.field, self.view, self.id_set & ids))
@@ -141,8 +146,13 @@ class RegexNode(LeafNode):
         self.rid, self.regex = rid, regex
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        ok = self.rid in scan.regex_matches(self.field, self.view)
-        if not ok or rec is None or not scan.full:  # spans cost one more search: explain only
+        found = scan.found_rx.get(self.key)
+        if found is None:
+            found = scan.regex_matches(self.field, self.view)
+        ok = self.rid in found
+        if rec is None:
+            return ok
+        if not ok or not scan.full:  # spans cost one more search: explain only
             return self.record(rec, ok, ())
         values = scan.reader.encoded(self.field, self.view) or ()
         spans = []
@@ -173,6 +183,8 @@ class ValueNode(LeafNode):
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         values = scan.reader.strings(self.field, self.view) or ()
         if len(values) == 1 and values[0] not in self.values:  # the common case: one value
+            if rec is None:
+                return self.negate
             return self.record(rec, self.negate, ())
         found = [i for i, v in enumerate(values) if v in self.values]
         ok = bool(found) != self.negate
@@ -236,9 +248,13 @@ class NumberNode(LeafNode):
         self.compare, self.limit = COMPARE[leaf.op], leaf.value
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        numbers = (as_number(v) for v in scan.reader.raw(self.field) or ())
-        ok = any(n is not None and self.compare(n, self.limit) for n in numbers)
-        return self.record(rec, ok, ())
+        ok = False
+        for value in scan.reader.raw(self.field) or ():
+            number = as_number(value)
+            if number is not None and self.compare(number, self.limit):
+                ok = True
+                break
+        return ok if rec is None else self.record(rec, ok, ())
 
     def triggers(self) -> list[Trigger] | None:
         if self.leaf.op == "between":  # a value >= low is needed: the index tests that

@@ -402,9 +402,12 @@ def test_keyword_written_full_width_matches_ascii_text() -> None:
 
 
 def test_trace_has_spans_for_explain() -> None:
+    from rules.engine import explain
+
     ruleset = load(REFUND + OUTAGE_WORD)
-    decision = decide(ruleset, message(subject="Re: 我要退款", body="please"))
-    (entry,) = decision.trace
+    routine = decide(ruleset, message(subject="Re: 我要退款", body="please"))
+    assert [(t.rule, t.matched, t.conditions) for t in routine.trace] == [("refund", True, ())]
+    (entry,) = explain(ruleset, message(subject="Re: 我要退款", body="please")).trace
     assert entry.rule == "refund"
     assert entry.matched
     (cond,) = entry.conditions
