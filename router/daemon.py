@@ -102,15 +102,19 @@ class Daemon:
         Content, not mtime and size: an edit of the same length within one timestamp tick
         would go unseen. The baseline is the hash of the rules in force, so an edit made while
         the daemon was starting is not missed; a broken version is tried once, not on every
-        poll. A file newly added to an included directory needs SIGHUP or POST /-/reload.
+        poll. Included directories are listed on each poll too, so a rule file added to or
+        removed from one is a change like an edit.
         """
         last = self.ruleset.hash
         while True:
             await asyncio.sleep(interval_s)
-            current = await asyncio.to_thread(digest_files, self.ruleset.files)
+            rules = self.ruleset
+            current = await asyncio.to_thread(digest_files, rules.files, rules.dirs)
             if current is not None and current != last:
-                last = current
-                await self.reload("watch")
+                failed = await self.reload("watch")
+                # the digest orders a new file last, the ruleset in include order: after a
+                # reload the baseline is the ruleset's own hash, or one poll reloads it twice
+                last = current if failed else self.ruleset.hash
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT → stop (a second SIGINT forces exit), SIGHUP → reload."""

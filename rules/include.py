@@ -12,21 +12,23 @@ main file's rules are last). A file reached twice is read once; a file that incl
 directly or not, is an error (E114). Names of lists, conditions, calendars and teams must be
 unique across files (E113), rule ids too (E111, checked by the loader); both positions are
 named. Every node keeps its own file and position, so problems in an included file carry
-that file's name, line and column (``MergedDocument.problem``).
+that file's name, line and column (``MergedDocument.problem``). The included directories are
+listed too (``Tree.dirs``), so a watcher can notice a file added to or removed from one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from rules.source import Document, Problem, Severity, YamlFileError, load_yaml, position
 from rules.yaml12 import YamlMap, YamlSeq
 
-__all__ = ["INCLUDED_KEYS", "MergedDocument", "read_files"]
+__all__ = ["INCLUDED_KEYS", "SUFFIXES", "MergedDocument", "Tree", "listing", "read_files"]
 
 INCLUDED_KEYS = ("include", "lists", "conditions", "calendars", "teams", "categories", "rules")
+SUFFIXES = (".yaml", ".yml")  # the files an included directory gives
 _NAMED = ("lists", "conditions", "calendars", "teams")
 _KIND = {"lists": "list", "conditions": "condition", "calendars": "calendar", "teams": "team"}
 
@@ -78,6 +80,7 @@ class _Reader:
     out: list[Problem]
     order: list[Document] = field(default_factory=list)  # includes before includers
     files: list[str] = field(default_factory=list)  # every file read, main first
+    dirs: list[str] = field(default_factory=list)  # every directory included, first seen first
     _stack: list[str] = field(default_factory=list)  # resolved paths being read
     _seen: set[str] = field(default_factory=set)  # resolved paths read
 
@@ -117,8 +120,13 @@ class _Reader:
         for i, name in enumerate(value):
             path = base / name
             if path.is_dir():
-                found = [p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
-                out.extend((i, p) for p in sorted(found, key=lambda p: p.name))
+                if str(path) not in self.dirs:
+                    self.dirs.append(str(path))
+                try:
+                    out.extend((i, p) for p in listing(path))
+                except OSError as exc:
+                    msg = f"cannot read included directory {path}: {exc.strerror}"
+                    self.out.append(doc.problem(["include", i], "E000", msg))
             else:
                 out.append((i, path))
         return out
@@ -152,19 +160,30 @@ def _key(file: str) -> str:
     return str(Path(file).resolve())
 
 
-def read_files(main: Document, out: list[Problem]) -> tuple[Document, list[Document]]:
-    """The merged document (``main`` itself without includes) and every document read.
+def listing(directory: Path) -> list[Path]:
+    """The rule files an included ``directory`` gives, in name order; ``OSError`` if unreadable."""
+    found = [p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.name)
 
-    The documents are listed main first, then included files in the order first read.
-    """
+
+class Tree(NamedTuple):
+    """What ``read_files`` read: the merged document, every document, every directory."""
+
+    doc: Document  # ``main`` itself when nothing was merged
+    docs: list[Document]  # main first, then included files in the order first read
+    dirs: list[str]  # included directories, as joined to their including file's folder
+
+
+def read_files(main: Document, out: list[Problem]) -> Tree:
+    """The merged document (``main`` itself without includes), every document and directory read."""
     if not isinstance(main.data, dict) or "include" not in main.data:
-        return main, [main]
+        return Tree(main, [main], [])
     reader = _Reader(out)
     reader.visit(main, main=True)
     docs = {d.file: d for d in reader.order}
     ordered = [docs[f] for f in reader.files if f in docs]
     if len(reader.order) == 1:
-        return main, ordered
+        return Tree(main, ordered, reader.dirs)
     merged = YamlMap(main.data)
     merged.lc, merged.keys_at = main.data.lc, dict(main.data.keys_at)
     origins: dict[tuple[str | int, ...], Document] = {}
@@ -173,7 +192,7 @@ def read_files(main: Document, out: list[Problem]) -> tuple[Document, list[Docum
     _merge_sequence(merged, reader.order, origins, out, "rules", unique=False)
     _merge_sequence(merged, reader.order, origins, out, "categories", unique=True)
     data = MergedDocument(main.file, main.text, merged, origins, docs)
-    return data, ordered
+    return Tree(data, ordered, reader.dirs)
 
 
 def _merge_named(

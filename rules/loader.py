@@ -29,7 +29,7 @@ from rules.calendars import ALWAYS, build_calendars
 from rules.checks import shadowed_settings, unreachable_rules, unused
 from rules.compiler import compile_program
 from rules.conditions import ConditionParser
-from rules.include import read_files
+from rules.include import SUFFIXES, listing, read_files
 from rules.model import PRIORITIES_DESC, Action, Defaults, Rule, SlaPolicy, Team, Where
 from rules.normalize import Normalizer, NormalizerUnavailable, Pipeline, View
 from rules.ruleset import RuleSet
@@ -95,16 +95,21 @@ def _load_text(text: str, file: str, outputs: Collection[str] | None) -> RuleSet
     except YamlFileError as exc:
         raise RuleFileError(exc.problems) from None
     problems: list[Problem] = []
-    doc, docs = read_files(main, problems)
+    doc, docs, dirs = read_files(main, problems)
     parts = _Loader(doc, outputs, problems).run()
     rank = {d.file: i for i, d in enumerate(docs)}
     problems.sort(key=lambda p: (rank.get(p.file, len(rank)), p.line, p.col))
     if parts is None or any(p.severity == "error" for p in problems):
         raise RuleFileError(problems)
     program = compile_program(parts["rules"], parts["calendars"])
-    files = tuple(d.file for d in docs)
     return RuleSet(
-        file=file, hash=_digest(docs), program=program, warnings=problems, files=files, **parts
+        file=file,
+        hash=_digest(docs),
+        program=program,
+        warnings=problems,
+        files=tuple(d.file for d in docs),
+        dirs=tuple(dirs),
+        **parts,
     )
 
 
@@ -123,16 +128,38 @@ def _hash(texts: list[tuple[str, str]]) -> str:
     return sha.hexdigest()
 
 
-def digest_files(files: Sequence[str]) -> str | None:
-    """The ``RuleSet.hash`` that ``files`` (a ``RuleSet.files``) give now; None if unreadable.
+def digest_files(files: Sequence[str], dirs: Sequence[str] = ()) -> str | None:
+    """The ``RuleSet.hash`` that a ruleset's ``files`` and ``dirs`` give now; None if unreadable.
 
-    For a watcher: differs from the loaded ``hash`` as soon as any file read changed. A file
-    newly added to an included directory is only seen by a full reload.
+    For a watcher: differs from the loaded ``hash`` as soon as any file read changed, or a rule
+    file was added to or removed from an included directory (a new file is hashed after the
+    others, a removed one is left out).
     """
+    listed = [str(p) for d in dirs for p in _listing(Path(d))]
+    now, known = set(listed), set(files)
+    kept = [f for f in files if f in now or not _listable(f, dirs)]
+    new = [f for f in listed if f not in known]
+    if new:  # a file read under another spelling of its path is not new
+        read = {str(Path(f).resolve()) for f in files}
+        new = [f for f in new if str(Path(f).resolve()) not in read]
     try:
-        return _hash([(f, Path(f).read_text(encoding="utf-8")) for f in files])
+        return _hash([(f, Path(f).read_text(encoding="utf-8")) for f in [*kept, *sorted(new)]])
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _listing(directory: Path) -> list[Path]:
+    """``listing``, empty when the directory is gone: the reload then says why."""
+    try:
+        return listing(directory)
+    except OSError:
+        return []
+
+
+def _listable(file: str, dirs: Sequence[str]) -> bool:
+    """Whether ``file`` is one a listing of ``dirs`` would give (so is gone if not listed)."""
+    path = Path(file)
+    return path.suffix in SUFFIXES and str(path.parent) in dirs
 
 
 class _Loader:

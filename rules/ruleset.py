@@ -37,6 +37,7 @@ class RuleSet:
     program: Program = field(repr=False)
     warnings: list[Problem] = field(default_factory=list)
     files: tuple[str, ...] = ()  # every file read: the main one, then included ones
+    dirs: tuple[str, ...] = ()  # every included directory (a watcher lists them: new files)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

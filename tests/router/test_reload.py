@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from router import config as config_mod
 from router.daemon import running_daemon
@@ -153,3 +154,65 @@ async def test_watched_included_file_reloads_on_change(tmp_path: Path) -> None:
         async with asyncio.timeout(30):
             while daemon.ruleset.hash == old_hash:  # noqa: ASYNC110 (the watcher polls too)
                 await asyncio.sleep(0.02)
+
+
+REFUND_FIRST = """\
+rules:
+  - id: refund-first
+    when: {text: {contains_any: [退款]}}
+    set: {team: complaints, category: after-sales}
+"""
+
+
+def put_atomically(path: Path, text: str) -> None:
+    """Write beside ``path`` under a name no include reads, then rename: no half file is seen."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+async def test_watched_directory_sees_added_and_removed_files(tmp_path: Path) -> None:
+    """Steps: the rules include an empty directory; (1) a broken file is added to it: the
+    reload fails and is logged, the old rules stay; (2) the file is fixed: its rule takes
+    effect and a refund goes to complaints; (3) the file is removed: refunds go to after-sales
+    again. Each step waits for the watcher's reload (or failure), not for a time."""
+    path = write_config(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("include: [rules.d/]\n" + rules.read_text())
+    (tmp_path / "rules.d").mkdir()
+    added = tmp_path / "rules.d" / "refunds.yaml"
+    path.write_text(path.read_text() + "rules_watch: 50ms\n")
+    cfg = config_mod.load(path)
+    maildir = cfg.state_dir / "maildir"
+    with capture_logs() as logs:
+        async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as http:
+            old_hash = daemon.ruleset.hash
+            assert daemon.ruleset.dirs == (str(tmp_path / "rules.d"),)
+            put_atomically(added, "rules: [\n")
+            async with asyncio.timeout(30):
+                while not any(e["event"] == "rules.reload_failed" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            failed = next(e for e in logs if e["event"] == "rules.reload_failed")
+            assert failed["trigger"] == "watch"
+            assert failed["problem"].startswith(f"{added}:")
+            assert daemon.ruleset.hash == old_hash
+
+            put_atomically(added, REFUND_FIRST)
+            async with asyncio.timeout(30):
+                while "refund-first" not in daemon.ruleset.rule_ids:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert str(added) in daemon.ruleset.files
+            await post(http, daemon, README_MESSAGE)
+            async with asyncio.timeout(30):
+                await wait_for_mail(maildir, "complaints", 1)
+
+            added.unlink()
+            async with asyncio.timeout(30):
+                while "refund-first" in daemon.ruleset.rule_ids:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            assert daemon.ruleset.hash == old_hash
+            await post(http, daemon, README_MESSAGE)
+            async with asyncio.timeout(30):
+                await wait_for_mail(maildir, "aftersales", 1)
+    reloads = [e for e in logs if e["event"] == "rules.reloaded"]
+    assert [e["trigger"] for e in reloads] == ["watch", "watch"]

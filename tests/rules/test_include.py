@@ -213,3 +213,55 @@ def test_file_included_twice_is_read_once(tmp_path: Path) -> None:
         },
     )
     assert load_file(main).rule_ids == ("refund", "main-rule")
+
+
+def test_digest_sees_files_added_to_and_removed_from_included_directories(tmp_path: Path) -> None:
+    """Steps: an empty included directory; a file added to it, then renamed, then removed.
+    Each step changes the digest of the loaded ruleset's files and directories, and the
+    ruleset loaded after it has that digest as its hash."""
+    rule = "rules:\n  - id: {id}\n    set: {{tags: [{id}]}}\n"
+    main = write(
+        tmp_path,
+        {"main.yaml": MAIN.format(includes="billing.yaml, more/"), "billing.yaml": BILLING},
+    )
+    more = tmp_path / "more"
+    more.mkdir()
+    ruleset = load_file(main)
+    assert ruleset.dirs == (str(more),)
+    assert digest_files(ruleset.files, ruleset.dirs) == ruleset.hash
+    (more / "notes.txt").write_text("not a rule file\n")
+    assert digest_files(ruleset.files, ruleset.dirs) == ruleset.hash
+
+    (more / "a.yaml").write_text(rule.format(id="a"))
+    added = digest_files(ruleset.files, ruleset.dirs)
+    assert added != ruleset.hash
+    assert digest_files(ruleset.files) == ruleset.hash  # without the directories: unseen
+    ruleset = load_file(main)
+    assert ruleset.rule_ids == ("refund", "a", "main-rule")
+    assert digest_files(ruleset.files, ruleset.dirs) == ruleset.hash
+
+    (more / "a.yaml").rename(more / "b.yaml")
+    assert digest_files(ruleset.files, ruleset.dirs) not in (None, ruleset.hash)
+    ruleset = load_file(main)
+    assert ruleset.rule_ids == ("refund", "a", "main-rule")
+    assert digest_files(ruleset.files, ruleset.dirs) == ruleset.hash
+
+    (more / "b.yaml").unlink()
+    removed = digest_files(ruleset.files, ruleset.dirs)
+    assert removed not in (None, ruleset.hash)
+    assert removed == load_file(main).hash
+
+
+def test_nested_included_directory_is_recorded_once(tmp_path: Path) -> None:
+    main = write(
+        tmp_path,
+        {
+            "main.yaml": MAIN.format(includes="billing.yaml, sub/mid.yaml, sub/d"),
+            "billing.yaml": BILLING,
+            "sub/mid.yaml": "include: [d/]\n",
+            "sub/d/x.yaml": "lists:\n  x: [y]\n",
+        },
+    )
+    ruleset = load_file(main)
+    assert ruleset.dirs == (str(tmp_path / "sub" / "d"),)
+    assert digest_files(ruleset.files, ruleset.dirs) == ruleset.hash
