@@ -37,6 +37,7 @@ from rules.explain import (
     summary,
     summary_line,
 )
+from rules.include import read_files
 from rules.loader import RuleFileError, RuleSet, load_file
 from rules.messages import MessageFileError, load_message, message_files, parse_time
 from rules.source import Problem, YamlFileError, load_yaml
@@ -131,6 +132,20 @@ def rules_group() -> None:
 # -- check --------------------------------------------------------------------------------------
 
 
+def _merged(path: Path) -> tuple[Any, list[str]]:
+    """The rule file's data with every included file merged in, and the files read.
+
+    For the summary: counted over all files, also when the file does not load (its problems
+    come from ``load_file``; they are not collected twice here).
+    """
+    try:
+        main = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, YamlFileError):
+        return None, [str(path)]
+    tree = read_files(main, [])
+    return tree.doc.data, [doc.file for doc in tree.docs]
+
+
 def _check_file(path: Path, outputs: set[str] | None) -> tuple[list[Problem], dict[str, Any]]:
     ruleset: RuleSet | None = None
     try:
@@ -138,11 +153,14 @@ def _check_file(path: Path, outputs: set[str] | None) -> tuple[list[Problem], di
         problems = list(ruleset.warnings)
     except RuleFileError as exc:
         problems = exc.problems
-    try:
-        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)).data
-    except (OSError, UnicodeDecodeError, YamlFileError):
-        raw = None
-    return problems, {"file": str(path), "loaded": ruleset is not None, **summary(raw, ruleset)}
+    raw, files = _merged(path)
+    counts = summary(raw, ruleset)
+    return problems, {
+        "file": str(path),
+        "loaded": ruleset is not None,
+        "files_read": files,
+        **counts,
+    }
 
 
 @rules_group.command("check")
@@ -305,36 +323,53 @@ def _test_files(
 @click.option("--coverage", "show_coverage", is_flag=True, help="List rules no test fired.")
 @rules_option
 @config_option
+@format_option
 def test(
-    files: tuple[Path, ...], show_coverage: bool, rules_path: Path | None, config_path: Path | None
+    files: tuple[Path, ...],
+    show_coverage: bool,
+    rules_path: Path | None,
+    config_path: Path | None,
+    fmt: str,
 ) -> None:
     """Run YAML test FILES (default: every *.test.yaml next to the rule file).
 
     Each test file tests the rule file named like it without .test (or its rules: key);
     -r tests RULES instead. Exit 1 if a test fails or a test file has errors.
     """
+    text = fmt == "text"
     cache = testing.RuleFiles()
-    failed = broken = passed = 0
+    broken = 0
+    problems: list[Problem] = []
+    cases: list[dict[str, Any]] = []
     by_rules: dict[str, tuple[RuleSet, list[testing.Result]]] = {}
     for path in _test_files(files, rules_path, config_path):
         try:
             suite = testing.load_suite(path, cache, rules_path)
         except testing.SuiteError as exc:
             broken += 1
-            for problem in exc.problems:
+            problems += exc.problems
+            for problem in exc.problems if text else ():
                 click.echo(problem.render())
             continue
         results = testing.run_suite(suite)
-        for result in results:
-            click.echo(testing.render_result(result, suite.file))
-        passed += sum(r.passed for r in results)
-        failed += sum(not r.passed for r in results)
+        if text:
+            for result in results:
+                click.echo(testing.render_result(result, suite.file))
+        cases += [testing.result_doc(result, suite.file) for result in results]
         by_rules.setdefault(suite.ruleset.file, (suite.ruleset, []))[1].extend(results)
-    if show_coverage:
-        for ruleset, results in by_rules.values():
+    passed = sum(case["passed"] for case in cases)
+    failed = len(cases) - passed
+    if text:
+        for ruleset, results in by_rules.values() if show_coverage else ():
             click.echo(testing.render_coverage(ruleset, results))
-    bad = f", {_n(broken, 'test file')} with errors" if broken else ""
-    click.echo(f"{passed} passed, {failed} failed{bad}")
+        bad = f", {_n(broken, 'test file')} with errors" if broken else ""
+        click.echo(f"{passed} passed, {failed} failed{bad}")
+    else:
+        doc: dict[str, Any] = {"cases": cases, "problems": [p.as_dict() for p in problems]}
+        if show_coverage:
+            doc["coverage"] = [testing.coverage_doc(rs, res) for rs, res in by_rules.values()]
+        doc["summary"] = {"passed": passed, "failed": failed, "broken_files": broken}
+        _echo_json(doc)
     if failed or broken:
         raise Failed()
 

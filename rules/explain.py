@@ -340,7 +340,10 @@ def _leaves(node: Node | None) -> list[Leaf]:
 
 
 def summary(raw: Any, ruleset: RuleSet | None) -> dict[str, int | None]:
-    """Counts of a rule file: sections from its ``raw`` data; the rest when it loaded."""
+    """Counts of a rule file: sections from its ``raw`` data; the rest when it loaded.
+
+    ``raw`` is the data with included files merged in, so the counts are of every file.
+    """
     out: dict[str, int | None] = {
         name: _section(raw, name) for name in ("rules", "lists", "conditions", "teams", "calendars")
     }
@@ -365,9 +368,14 @@ def _count(n: int, word: str) -> str:
 
 
 def summary_line(s: Mapping[str, Any]) -> str:
-    """One line of a ``summary`` with ``file`` and ``loaded`` added."""
+    """One line of a ``summary`` with ``file``, ``loaded`` and ``files_read`` (if any) added.
+
+    With includes, the counts are of every file read, and the line says how many there were.
+    """
     names = ("rules", "lists", "conditions", "teams", "calendars")
     counts = ", ".join(_count(s[k], k) for k in names)
+    read = len(s.get("files_read") or ())
+    counts = f"{read} files, {counts}" if read > 1 else counts
     if not s["loaded"]:
         return f"{s['file']}: NOT loaded — {counts}"
     kw = s["keywords_zh"] + s["keywords_en"]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from rules.engine import Decision, Facts, evaluate
@@ -40,14 +40,17 @@ from rules.source import Document, Problem, ProblemsError, YamlFileError, load_y
 __all__ = [
     "FROZEN_AT",
     "Case",
+    "Miss",
     "Result",
     "RuleFiles",
     "Suite",
     "SuiteError",
     "coverage",
+    "coverage_doc",
     "load_suite",
     "render_coverage",
     "render_result",
+    "result_doc",
     "rules_file_of",
     "run_suite",
 ]
@@ -83,18 +86,32 @@ class Suite:
     cases: tuple[Case, ...]
 
 
+class Miss(NamedTuple):
+    """One expectation missed: ``expect`` key, its value, what the decision had, one line."""
+
+    key: str  # an ``expect`` key, or "error" when the evaluation failed
+    expected: Any
+    actual: Any
+    message: str
+
+
 @dataclass(frozen=True)
 class Result:
-    """One test run: the decision and one line per expectation it missed."""
+    """One test run: the decision and every expectation it missed."""
 
     case: Case
     decision: Decision
-    mismatches: tuple[str, ...]
+    misses: tuple[Miss, ...]
+
+    @property
+    def mismatches(self) -> tuple[str, ...]:
+        """One line per miss."""
+        return tuple(m.message for m in self.misses)
 
     @property
     def passed(self) -> bool:
         """No expectation missed."""
-        return not self.mismatches
+        return not self.misses
 
 
 def rules_file_of(test_file: Path, given: object = None) -> Path:
@@ -357,13 +374,21 @@ def _mismatch(key: str, want: Any, d: Decision) -> str | None:
     return f"rules: expected {_listed(want)}, got {_listed(d.rules)}"
 
 
+def _actual(key: str, d: Decision) -> Any:
+    """What ``d`` has for ``expect[key]``: the tag keys compare with the tags."""
+    name = "tags" if key in ("tags_include", "not_tags") else key
+    value = getattr(d, name)
+    return list(value) if isinstance(value, tuple) else value
+
+
 def run_case(ruleset: RuleSet, case: Case) -> Result:
     """Evaluate one case as the daemon would and compare with its expectations."""
-    decision = evaluate(ruleset, case.facts)
-    found = [_mismatch(key, want, decision) for key, want in case.expect.items()]
-    if decision.error:
-        found.insert(0, f"evaluation failed: {decision.error}")
-    return Result(case, decision, tuple(m for m in found if m))
+    d = evaluate(ruleset, case.facts)
+    found = [(key, want, _mismatch(key, want, d)) for key, want in case.expect.items()]
+    misses = [Miss(key, want, _actual(key, d), msg) for key, want, msg in found if msg]
+    if d.error:
+        misses.insert(0, Miss("error", None, d.error, f"evaluation failed: {d.error}"))
+    return Result(case, d, tuple(misses))
 
 
 def run_suite(suite: Suite) -> list[Result]:
@@ -399,3 +424,34 @@ def render_coverage(ruleset: RuleSet, results: Sequence[Result]) -> str:
         where = {r.id: r.where.line for r in ruleset.rules}
         line += "; never fired: " + ", ".join(f"{rid} (line {where[rid]})" for rid in missed)
     return line
+
+
+def result_doc(result: Result, file: str) -> dict[str, Any]:
+    """One test run for ``--format json``: ``render_result`` as data."""
+    d = result.decision
+    return {
+        "name": result.case.name,
+        "file": file,
+        "line": result.case.line,
+        "passed": result.passed,
+        "differences": [m._asdict() for m in result.misses],
+        "rules_fired": list(d.rules),
+        "stopped_at": d.stopped_at,
+    }
+
+
+def coverage_doc(ruleset: RuleSet, results: Sequence[Result]) -> dict[str, Any]:
+    """``render_coverage`` as data; each rule never fired with its file and line."""
+    missed = set(coverage(ruleset, results))
+    enabled = sum(r.enabled for r in ruleset.rules)
+    never = [
+        {"id": r.id, "file": r.where.file, "line": r.where.line}
+        for r in ruleset.rules
+        if r.id in missed
+    ]
+    return {
+        "rules_file": ruleset.file,
+        "rules": enabled,
+        "fired": enabled - len(missed),
+        "never_fired": never,
+    }

@@ -102,6 +102,48 @@ def test_check_with_config_checks_inboxes_against_outputs(tmp_path: Path) -> Non
     assert run("rules", "check", EXAMPLE_RULES).exit_code == 0  # without -c: not checked
 
 
+def test_check_summary_counts_every_included_file(tmp_path: Path) -> None:
+    (tmp_path / "teams").mkdir()
+    (tmp_path / "teams" / "billing.yaml").write_text(
+        "teams:\n  billing: {inbox: [maildir]}\nlists:\n  bill_words: [发票, invoice]\n"
+        "rules:\n  - {id: invoice, when: {text: {contains_any: $bill_words}}, "
+        "set: {team: billing}}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "teams" / "sales.yml").write_text(
+        "teams:\n  sales: {inbox: [maildir]}\nrules:\n  - {id: quote, "
+        "when: {text: {contains: 报价}}, set: {team: sales}}\n",
+        encoding="utf-8",
+    )
+    main = tmp_path / "rules.yaml"
+    main.write_text(
+        "version: 1\ninclude: [teams/]\nteams:\n  triage: {inbox: [maildir]}\n"
+        "defaults: {team: triage, category: general, priority: low}\n"
+        "rules:\n  - {id: hello, when: {text: {contains: 你好}}, set: {tags: [hi]}}\n",
+        encoding="utf-8",
+    )
+    result = run("rules", "check", main)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith(
+        f"{main}: 3 files, 3 rules, 1 list, 0 conditions, 3 teams, 0 calendars, "
+    )
+    doc = json.loads(run("rules", "check", main, "--format", "json").stdout)
+    [counts] = doc["summary"]["files"]
+    assert counts["files_read"] == [
+        str(main),
+        str(tmp_path / "teams" / "billing.yaml"),
+        str(tmp_path / "teams" / "sales.yml"),
+    ]
+    assert (counts["rules"], counts["lists"], counts["teams"]) == (3, 1, 3)
+    main.write_text(main.read_text("utf-8").replace("tags: [hi]", "team: nobody"), "utf-8")
+    broken = run("rules", "check", main)
+    assert broken.exit_code == 1
+    summary_line = (
+        f"{main}: NOT loaded — 3 files, 3 rules, 1 list, 0 conditions, 3 teams, 0 calendars"
+    )
+    assert summary_line in broken.stdout.splitlines()
+
+
 # -- explain ----------------------------------------------------------------------------------
 
 
@@ -269,6 +311,84 @@ def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
     ]
     assert "never fired: urgent-words (line 45)" in result.stdout
     assert result.stdout.splitlines()[-1] == "1 passed, 1 failed"
+
+
+def test_test_json_has_each_case_its_differences_and_coverage(tmp_path: Path) -> None:
+    path = tmp_path / "t.test.yaml"
+    path.write_text(
+        f"rules: {EXAMPLE_RULES}\n"
+        "tests:\n"
+        "  - name: ok\n"
+        "    message: {text: 你好}\n"
+        "    expect: {team: triage}\n"
+        "  - name: wrong\n"
+        "    message: {text: 我要投诉}\n"
+        "    expect: {team: aftersales, tags_include: [refund], priority: high}\n",
+        encoding="utf-8",
+    )
+    result = run("rules", "test", path, "--coverage", "--format", "json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    ok, wrong = doc["cases"]
+    assert ok == {
+        "name": "ok",
+        "file": str(path),
+        "line": 3,
+        "passed": True,
+        "differences": [],
+        "rules_fired": [],
+        "stopped_at": None,
+    }
+    assert (wrong["name"], wrong["file"], wrong["line"], wrong["passed"]) == (
+        "wrong",
+        str(path),
+        6,
+        False,
+    )
+    assert wrong["differences"] == [
+        {
+            "key": "team",
+            "expected": "aftersales",
+            "actual": "complaints",
+            "message": "team: expected aftersales, got complaints",
+        },
+        {
+            "key": "tags_include",
+            "expected": ["refund"],
+            "actual": ["complaint"],
+            "message": "tags_include: missing refund (tags are [complaint])",
+        },
+    ]
+    assert wrong["rules_fired"] == ["complaint"]
+    [cov] = doc["coverage"]
+    assert (cov["rules_file"], cov["rules"], cov["fired"]) == (str(EXAMPLE_RULES), 7, 1)
+    assert {"id": "urgent-words", "file": str(EXAMPLE_RULES), "line": 45} in cov["never_fired"]
+    assert doc["problems"] == []
+    assert doc["summary"] == {"passed": 1, "failed": 1, "broken_files": 0}
+    passing = run("rules", "test", RULES_TEST, "--format", "json")
+    assert passing.exit_code == 0, passing.output
+    assert "coverage" not in json.loads(passing.stdout)
+
+
+def test_test_json_lists_test_file_problems(tmp_path: Path) -> None:
+    path = tmp_path / "t.test.yaml"
+    path.write_text(
+        f"rules: {EXAMPLE_RULES}\ntests:\n  - name: x\n    message: {{text: 你好}}\n"
+        "    expect: {teem: triage}\n",
+        encoding="utf-8",
+    )
+    result = run("rules", "test", path, "--format", "json")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["cases"] == []
+    [problem] = doc["problems"]
+    assert (problem["file"], problem["line"], problem["col"], problem["code"]) == (
+        str(path),
+        5,
+        14,
+        "E100",
+    )
+    assert doc["summary"] == {"passed": 0, "failed": 0, "broken_files": 1}
 
 
 def test_test_file_errors_exit_1_with_positions(tmp_path: Path) -> None:
