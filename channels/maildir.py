@@ -7,13 +7,25 @@ read with ``mutt -f <path>/<team>``, Dovecot or Python's ``mailbox.Maildir``. Te
 At most once per ``delivery.key``, also across a crash: the file name comes from the key
 (:func:`file_name`: ``<message id>.<sha1(target)[:8]>.triaged``). If a file with that base
 name is already in ``new/`` or ``cur/`` (where mail readers append ``:2,<flags>``), ``send``
-writes nothing. Otherwise the mail is written to ``tmp/``, fsynced, renamed into ``new/``
-(atomic) and ``new/`` is fsynced before ``send`` returns: after a crash there is either no
-file or a whole one.
+writes nothing. Otherwise the mail is written to ``tmp/`` and made durable, renamed into
+``new/`` (atomic) and ``new/`` is fsynced before ``send`` returns: after a crash there is
+either no file or a whole one.
 
 Batching: the sends waiting at one moment (a dispatcher worker delivers a batch of messages at
-once) are written by a few thread jobs of up to ``_CHUNK`` mails each, with one ``new/`` fsync
-per folder per job — one thread hop per job rather than one per mail.
+once) are written by one or two thread jobs of up to ``_CHUNK`` mails each — one thread hop
+per job rather than one per mail, and few threads (many threads mostly fight over the GIL: 16
+of them cost twice the CPU per mail of one). How the ``tmp/`` files of a job become durable
+before their renames is the output's ``sync`` setting:
+
+* ``filesystem`` (the default, on Linux): every file of the job is written, then ONE
+  ``syncfs(2)`` of the file system holding the team folders makes them all durable. On ext4
+  here an ``fsync`` per mail cost ~230 µs of wall time and ~85 µs of CPU; one ``syncfs`` per
+  job of 16 mails cost ~15 µs per mail. The price: ``syncfs`` also flushes other programs'
+  pending writes to that file system, so a Maildir on a file system with heavy unrelated
+  writes should use ``file``. Where ``syncfs`` is missing, ``file`` is used.
+* ``file``: ``fsync`` of each mail before its rename (the classic Maildir protocol).
+
+Either way one ``fsync`` of ``new/`` per folder per job makes the renames durable.
 
 Failure mapping (a choice): every ``OSError`` is a ``TemporaryFailure`` — a full disk
 (ENOSPC, EDQUOT) and I/O errors (EIO), and also permissions and read-only mounts (EACCES,
@@ -27,6 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ctypes
 import errno
 import functools
 import hashlib
@@ -36,8 +50,8 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from email.header import Header
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Literal
@@ -58,8 +72,9 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _NOT_LOCAL = re.compile(r"[^A-Za-z0-9_+-]+")
 _SUBJECT_CHARS = 120
-_THREADS = 16  # fsync waits are long, and many at once let the file system batch them
-_CHUNK = 8  # most mails one thread job writes
+_WORD_BYTES = 42  # UTF-8 bytes per RFC 2047 encoded-word: 56 base64 characters
+_THREADS = 2  # one job writes while the other waits for its sync; more only add GIL contention
+_CHUNK = 64  # most mails one thread job writes
 
 
 class MaildirConfig(BaseModel):
@@ -69,6 +84,14 @@ class MaildirConfig(BaseModel):
 
     type: Literal["maildir"] = Field(description="Selects this sender.")
     path: Path = Field(description="Root directory; each team gets the Maildir <path>/<team>.")
+    sync: Literal["filesystem", "file"] = Field(
+        default="filesystem",
+        description=(
+            "How written mails are made durable before they appear in new/: 'filesystem', "
+            "one syncfs(2) per batch of mails (fast; also flushes other programs' writes to "
+            "that file system), or 'file', one fsync(2) per mail."
+        ),
+    )
 
 
 def file_name(delivery: Delivery) -> str:
@@ -81,6 +104,8 @@ def file_name(delivery: Delivery) -> str:
 
 def _encodable(value: str) -> str:
     """``value`` with what UTF-8 cannot encode (lone surrogates) replaced by ``?``."""
+    if value.isascii():
+        return value
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -101,14 +126,33 @@ def _from(message: Message) -> str:
             local = f"{local or 'id'}-{hashlib.sha1(address.encode()).hexdigest()[:8]}"
         name = name or address
         address = f"{local}@{message.channel}.invalid"
-    return formataddr((name, address), charset="utf-8")
+    if name.isascii():
+        return formataddr((name, address))  # quotes the display name where RFC 5322 needs it
+    # One encoded-word, however long: Python's address parser (unlike mutt's) puts a space
+    # between adjacent encoded-words in a display name, so splitting would change the name.
+    word = base64.b64encode(name.encode("utf-8")).decode("ascii")
+    return f"=?utf-8?b?{word}?= <{address}>"
 
 
 def _encoded(value: str) -> str:
-    """An unstructured header value: as is when ASCII, else RFC 2047 encoded-words."""
+    """A header value: as is when ASCII, else RFC 2047 "B" encoded-words, folded.
+
+    Each word holds at most ``_WORD_BYTES`` of UTF-8, cut between characters, so a word is
+    68 characters and ``Subject: <word>`` fits 78 (RFC 2047 §2 allows 75 per word; readers
+    join adjacent words, ignoring the folding white space between them, §6.2). The email
+    package's ``Header`` does the same but measured 0.2 ms per header here (it re-measures
+    the encoded length per character), a third of the whole mail's cost.
+    """
     if value.isascii():
         return value
-    return Header(value, "utf-8", header_name="Subject").encode(linesep="\n")
+    data, words, start = value.encode("utf-8"), [], 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # not inside a character
+            end -= 1
+        words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
+        start = end
+    return "\n ".join(words)
 
 
 def _subject(message: Message) -> str:
@@ -184,7 +228,7 @@ def build(delivery: Delivery) -> bytes:
     return head.encode("ascii") + b"\n" + body
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -192,10 +236,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _delivered(folder: Path, base: str) -> bool:
+def _delivered(folder: str, base: str) -> bool:
     """Whether ``new/`` or ``cur/`` holds ``base``, with or without a ``:2,flags`` suffix."""
     for sub in ("new", "cur"):
-        with os.scandir(folder / sub) as entries:
+        with os.scandir(f"{folder}/{sub}") as entries:
             if any(entry.name.startswith(base) for entry in entries):
                 return True
     return False
@@ -210,11 +254,11 @@ class _DirSync:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._started: dict[Path, int] = {}
-        self._done: dict[Path, int] = {}
-        self._running: set[Path] = set()
+        self._started: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._running: set[str] = set()
 
-    def sync(self, path: Path) -> None:
+    def sync(self, path: str) -> None:
         """Return once an fsync of ``path`` that started after this call has completed."""
         with self._cond:
             needed = self._started.get(path, 0) + 1
@@ -235,22 +279,66 @@ class _DirSync:
                 self._cond.notify_all()
 
 
-def _write(folder: Path, base: str, data: bytes) -> None:
-    """tmp/ → write, fsync → rename into new/ (the caller then fsyncs new/: Maildir protocol)."""
-    tmp = folder / "tmp" / f"{base}.{os.getpid()}.{secrets.token_hex(4)}"
+def _write_tmp(folder: str, base: str, data: bytes, *, fsync: bool) -> str:
+    """Write ``data`` to a new file in ``tmp/`` (fsynced when asked); its path."""
+    tmp = f"{folder}/tmp/{base}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.rename(tmp, folder / "new" / base)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink(tmp)
         raise
+    return tmp
 
 
-_Pending = tuple[Path, Delivery, "asyncio.Future[bool]"]
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """``syncfs(2)`` through libc, or None where there is none (not Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int,)
+
+    def syncfs(fd: int) -> None:
+        if call(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs: {os.strerror(code)}")
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
+
+
+def _sync_filesystems(folders: Iterable[str]) -> None:
+    """One ``syncfs`` per file system holding ``folders``: their written files are durable."""
+    assert _syncfs is not None
+    devices: set[int] = set()
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in devices:
+                devices.add(device)
+                _syncfs(fd)
+        finally:
+            os.close(fd)
+
+
+_Pending = tuple[str, Delivery, "asyncio.Future[bool]"]
 
 
 def _resolve(
@@ -280,6 +368,8 @@ class MaildirSender:
         self._ready: set[str] = set()  # teams whose folder exists with cur/ new/ tmp/
         self._prepare_lock = threading.Lock()  # sends run in worker threads, maybe at once
         self._dir_sync = _DirSync()
+        self._folders: dict[str, str] = {}  # team → its Maildir's path
+        self._per_file = config.sync == "file" or _syncfs is None
         self._pending: list[_Pending] = []  # sends waiting for the next flush
         # Own threads: fsync waits are long, and many at once let the file system batch them.
         self._executor = ThreadPoolExecutor(
@@ -337,20 +427,43 @@ class MaildirSender:
         self._executor.shutdown(wait=True)
 
     def _deliver_many(self, chunk: list[_Pending]) -> list[tuple[bool, bool | Exception]]:
-        """In a worker thread: write each absent mail, then fsync each ``new/`` written to once."""
-        results: list[tuple[bool, bool | Exception]] = []
-        for folder, delivery, _ in chunk:
+        """In a worker thread: write each absent mail to ``tmp/``, make them durable, rename
+        them into ``new/``, then fsync each ``new/`` renamed into, once."""
+        per_file = self._per_file
+        results: list[tuple[bool, bool | Exception]] = [(True, False)] * len(chunk)
+        staged: list[tuple[int, str, str]] = []  # (index, tmp file, folder/new)
+        for i, (folder, delivery, _) in enumerate(chunk):
             try:
-                results.append((True, self._deliver(folder, delivery)))
+                base = self._absent(folder, delivery)
+                if base is not None:
+                    tmp = _write_tmp(folder, base, build(delivery), fsync=per_file)
+                    staged.append((i, tmp, f"{folder}/new/{base}"))
             except (OSError, ValueError) as exc:
-                results.append((False, exc))
-        written = [i for i, (ok, value) in enumerate(results) if ok and value]
-        for folder in {chunk[i][0] for i in written}:
+                results[i] = (False, exc)
+        if staged and not per_file:
             try:
-                self._dir_sync.sync(folder / "new")
-            except OSError as exc:  # not durable: every mail written there fails (retried)
-                for i in written:
-                    if chunk[i][0] == folder:
+                _sync_filesystems({chunk[i][0] for i, _, _ in staged})
+            except OSError as exc:  # not durable: none of them may appear in new/ (retried)
+                for i, tmp, _ in staged:
+                    _unlink(tmp)
+                    results[i] = (False, exc)
+                staged = []
+        renamed: set[str] = set()
+        for i, tmp, final in staged:
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                _unlink(tmp)
+                results[i] = (False, exc)
+                continue
+            results[i] = (True, True)
+            renamed.add(os.path.dirname(final))
+        for new in renamed:
+            try:
+                self._dir_sync.sync(new)
+            except OSError as exc:  # not durable: every mail renamed there fails (retried)
+                for i, _, final in staged:
+                    if os.path.dirname(final) == new:
                         results[i] = (False, exc)
         return results
 
@@ -360,13 +473,18 @@ class MaildirSender:
         if not os.access(root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, f"maildir output {self.name!r}: not writable", root)
 
-    def _folder(self, team: str) -> Path:
-        if not team or team.startswith(".") or "/" in team or "\x00" in team:
-            raise PermanentFailure(f"team {team!r} cannot be a Maildir folder name")
-        return self.config.path / team
+    def _folder(self, team: str) -> str:
+        folder = self._folders.get(team)
+        if folder is None:
+            if not team or team.startswith(".") or "/" in team or "\x00" in team:
+                raise PermanentFailure(f"team {team!r} cannot be a Maildir folder name")
+            if len(self._folders) > 4096:  # team names come from the rules: a few dozen
+                self._folders.clear()
+            folder = self._folders[team] = os.path.join(self.config.path, team)
+        return folder
 
-    def _deliver(self, folder: Path, delivery: Delivery) -> bool:
-        """In a worker thread: write the mail if absent; return whether it wrote."""
+    def _absent(self, folder: str, delivery: Delivery) -> str | None:
+        """In a worker thread: the mail's base name if it is not delivered yet, else None."""
         if delivery.team not in self._ready:
             with self._prepare_lock:
                 self._prepare(folder)
@@ -375,14 +493,14 @@ class MaildirSender:
         # A first attempt cannot have an earlier copy a reader moved to cur/: look in new/ only
         # (one stat). A retry — maybe after a crash between the write and the delivery log —
         # scans both folders, which costs time in proportion to the folder's size.
-        if os.path.lexists(folder / "new" / base) or (
+        if os.path.lexists(f"{folder}/new/{base}") or (
             delivery.attempt > 1 and _delivered(folder, base)
         ):
-            return False
-        _write(folder, base, build(delivery))
-        return True
+            return None
+        return base
 
-    def _prepare(self, folder: Path) -> None:
+    def _prepare(self, name: str) -> None:
+        folder = Path(name)
         created = not folder.exists()
         mailbox.Maildir(folder, create=True)  # the folder and cur/ new/ tmp/, mode 0700
         for sub in _SUBDIRS:  # a folder made by hand may lack some

@@ -272,3 +272,63 @@ async def test_a_failing_send_fails_alone_in_its_batch(
         "NoneType"
     ] * 3
     assert len(read_all(tmp_path / "mail")) == 5
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "订单 A-1001 还没有发货，" * 9,  # many encoded-words, cut between 3-byte characters
+        "Ünïcödé 😀 emoji 🎉 " * 6,  # 4-byte characters at word edges
+        "退",
+    ],
+)
+async def test_long_non_ascii_headers_round_trip_within_line_limits(
+    sender: MaildirSender, tmp_path: Path, subject: str
+) -> None:
+    await sender.send(delivery(subject=subject, sender=Sender(address="a@b.cn", name="王" * 40)))
+    [name] = files(tmp_path / "mail")
+    raw = (tmp_path / "mail" / "after-sales" / "new" / name).read_bytes()
+    head = raw.split(b"\n\n", 1)[0].decode("ascii")
+    folded = [line for line in head.split("\n") if "=?utf-8?" in line and "From:" not in line]
+    assert max(len(line) for line in folded) <= 78  # From: keeps its name one encoded-word
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Subject"] == subject.strip()
+    assert mail["From"].addresses[0].display_name == "王" * 40
+
+
+@pytest.mark.parametrize("sync", ["filesystem", "file"])
+async def test_both_sync_modes_deliver_a_batch(tmp_path: Path, sync: str) -> None:
+    config = MaildirConfig.model_validate({"type": "maildir", "path": tmp_path / "m", "sync": sync})
+    sender = MaildirSender("m", config)
+    await sender.start()
+    items = [delivery(subject=f"退款 {i}") for i in range(20)]
+    await asyncio.gather(*(sender.send(d) for d in items))
+    await sender.close()
+    assert sorted(m["X-Triaged-Message-Id"] for m in read_all(tmp_path / "m")) == sorted(
+        d.message.id for d in items
+    )
+    assert list((tmp_path / "m" / "after-sales" / "tmp").iterdir()) == []
+
+
+async def test_failed_sync_publishes_nothing_and_is_temporary(
+    sender: MaildirSender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs failing (EIO from the disk): no mail may appear in new/, tmp/ is cleaned up,
+    and the sends fail as temporary so the dispatcher retries them."""
+    import errno
+
+    import channels.maildir as maildir
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "syncfs: Input/output error")
+
+    monkeypatch.setattr(maildir, "_syncfs", broken)
+    items = [delivery(subject=f"退款 {i}") for i in range(3)]
+    results = await asyncio.gather(*(sender.send(d) for d in items), return_exceptions=True)
+    assert [type(r) for r in results] == [TemporaryFailure] * 3
+    folder = tmp_path / "mail" / "after-sales"
+    assert list((folder / "new").iterdir()) == list((folder / "tmp").iterdir()) == []
+
+    monkeypatch.undo()  # the disk recovers: the retries deliver
+    await asyncio.gather(*(sender.send(d) for d in items))
+    assert len(read_all(tmp_path / "mail")) == 3
