@@ -32,6 +32,7 @@ from router import metrics
 from router.config import DispatcherConfig
 from router.errors import PermanentFailure, QueueUnavailable, TemporaryFailure
 from router.interfaces import Delivery, Sender
+from router.logs import message_context
 from router.message import Message
 from router.queue import Lease, Queue
 from router.retry import backoff_s
@@ -70,15 +71,18 @@ class _Job:
     outcomes: list[Outcome] = field(default_factory=list)
     error: str | None = None  # an internal failure: retry
 
-    def bound(self) -> contextlib.AbstractContextManager[object]:
+    def bound(self) -> message_context:
         """The log context of this message (with its routing once decided)."""
         message = self.lease.message
-        extra = {}
+        fields: dict[str, object] = {
+            "message_id": message.id,
+            "source": message.source,
+            "channel": message.channel,
+        }
         if self.decision is not None:
-            extra = {"team": self.decision.team, "rules": list(self.decision.rules)}
-        return structlog.contextvars.bound_contextvars(
-            message_id=message.id, source=message.source, channel=message.channel, **extra
-        )
+            fields["team"] = self.decision.team
+            fields["rules"] = list(self.decision.rules)
+        return message_context(fields)
 
 
 @dataclass(frozen=True)
@@ -254,7 +258,7 @@ class Dispatcher:
         message, decision = job.lease.message, job.decision
         assert decision is not None
         if target in job.done:
-            metrics.deliveries.labels(target, "skipped_done").inc()
+            metrics.labelled(metrics.deliveries, target, "skipped_done").inc()
             return Outcome(target, "skipped_done")
         sender = self._senders.get(target)
         try:
@@ -273,18 +277,18 @@ class Dispatcher:
                 )
             )
         except TemporaryFailure as exc:
-            metrics.deliveries.labels(target, "temporary").inc()
+            metrics.labelled(metrics.deliveries, target, "temporary").inc()
             log.info("delivery.failed", target=target, temporary=True, error=str(exc))
             return Outcome(target, "temporary", str(exc), exc.retry_after_s)
         except PermanentFailure as exc:
-            metrics.deliveries.labels(target, "permanent").inc()
+            metrics.labelled(metrics.deliveries, target, "permanent").inc()
             log.warning("delivery.failed", target=target, temporary=False, error=str(exc))
             return Outcome(target, "permanent", str(exc))
         except Exception as exc:  # a sender's bug: retry, never lose the message
             log.error("delivery.failed", target=target, temporary=True, exc_info=exc)
             return Outcome(target, "temporary", f"internal error: {exc!r}")
         sent.append((message.id, target))
-        metrics.deliveries.labels(target, "sent").inc()
+        metrics.labelled(metrics.deliveries, target, "sent").inc()
         log.debug("delivery.sent", target=target)
         return Outcome(target, "sent")
 
@@ -360,7 +364,7 @@ class Dispatcher:
         message, decision, lease = job.lease.message, job.decision, job.lease
         assert decision is not None
         self.settled["routed"] += 1
-        metrics.routed.labels(decision.team, decision.category, decision.priority).inc()
+        metrics.labelled(metrics.routed, decision.team, decision.category, decision.priority).inc()
         latency = (datetime.now(UTC) - message.received_at).total_seconds()
         metrics.ingest_to_delivery.observe(max(0.0, latency))
         log.info(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -21,6 +23,47 @@ _SYSLOG_LEVEL = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 # Chatty or leaky third-party loggers: httpx logs URLs with bot tokens at INFO, mail.log every
 # SMTP command (research/libraries.md).
 _QUIET = ("httpx", "httpcore", "mail.log", "aioimaplib.aioimaplib", "aiohttp.access")
+
+
+_MESSAGE: ContextVar[Mapping[str, Any] | None] = ContextVar("triaged_message", default=None)
+
+
+class message_context:
+    """``with message_context(fields):`` every log line in the block carries ``fields``.
+
+    The dispatcher's per-message context (message_id, source, channel, team, rules). One
+    ``ContextVar.set`` instead of structlog's ``bound_contextvars``, which sets one context
+    variable per key through a generator: that cost a tenth of the dispatcher's CPU.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self._fields = fields
+        self._token: Token[Mapping[str, Any] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _MESSAGE.set(self._fields)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _MESSAGE.reset(self._token)
+
+
+def merge_message_context(
+    _logger: object, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Add the current ``message_context`` fields (a line's own keys win)."""
+    fields = _MESSAGE.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+    return event
 
 
 def redact(
@@ -64,6 +107,7 @@ def setup(level: str = "info", *, fmt: str = "auto") -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty() and not journald)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        merge_message_context,
         structlog.processors.add_log_level,
         redact,
     ]

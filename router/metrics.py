@@ -6,9 +6,20 @@ name, ``team`` a team id from the rules. Served on the admin listener at ``/metr
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def labelled(metric: Counter, *values: str) -> Counter:
+    """``metric.labels(*values)``, remembered: ``labels`` validates and locks on every call,
+    which the dispatcher paid several times per message. Label values come from the rules
+    and the config (teams, categories, targets): a few hundred combinations at most."""
+    return metric.labels(*values)
+
 
 received = Counter(
     "triaged_messages_received_total",
