@@ -10,9 +10,16 @@ Printed, each as a ratio to the bare aiohttp handler measured in the same run:
 
 (a) ingest throughput — 202 only after the message is durable — for sqlite and redis, with
     the workers off (``dispatcher.workers: 0``) so only ingest is measured;
-(b) end-to-end throughput webhook → queue → rules → Maildir: messages delivered per second;
+(b) end-to-end throughput webhook → queue → rules → Maildir: messages delivered per second,
+    from the first request until the last file, and the daemon's CPU time per message;
+    beside it, for both backends, delivery alone: the daemon restarted with workers on the
+    queue (a) filled, messages delivered per second until it is empty (what the workers can
+    do when they do not share the process with ingest);
 (c) ingest-to-delivery latency p50/p99 at a paced load (Maildir file time minus the id's
     millisecond timestamp), beside the bare handler's request latency at the same pace.
+
+One daemon is one process: ingest and delivery share one core's worth of Python (the GIL);
+the CPU figures show where the time goes.
 
 Targets (issue 2): redis ingest ≥ 50 %, sqlite ingest ≥ 30 %, end to end ≥ 25 % of the bare
 handler.
@@ -77,8 +84,17 @@ def bare_server() -> Iterator[int]:
         proc.wait()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def daemon(workdir: Path, queue: str, workers: int, redis_url: str | None) -> Iterator[int]:
+def daemon(
+    workdir: Path, queue: str, workers: int, redis_url: str | None
+) -> Iterator[tuple[int, int]]:
+    """A daemon on ``workdir`` (state kept between runs on the same one): (port, pid)."""
     port, admin = free_port(), free_port()
     config = write_config(
         workdir,
@@ -91,7 +107,7 @@ def daemon(workdir: Path, queue: str, workers: int, redis_url: str | None) -> It
     proc = subprocess.Popen([sys.executable, "-m", "router", "run", "-c", str(config)], cwd=REPO)
     try:
         wait_port(admin, "/healthz")
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait()
@@ -165,28 +181,36 @@ def main() -> None:
         with bare_server() as port:
             bare = wrk(port, s, c)
             bare_lat = asyncio.run(paced(port, args.rate, 5))
-        results = {}
+        results, drain = {}, {}
         for queue in ("sqlite", "redis"):
             url = redis_url if queue == "redis" else None
-            with daemon(work / f"ingest-{queue}", queue, 0, url) as port:
+            with daemon(work / f"ingest-{queue}", queue, 0, url) as (port, _):
                 results[queue] = wrk(port, s, c)
+            root = work / f"ingest-{queue}" / "state" / "maildir"
+            with daemon(work / f"ingest-{queue}", queue, 8, url) as (_, pid):
+                t0, cpu0 = time.monotonic(), cpu_s(pid)
+                while count_files(root) < results[queue]["ok"]:
+                    time.sleep(0.02)
+                wall, cpu = time.monotonic() - t0, cpu_s(pid) - cpu0
+            drain[queue] = (results[queue]["ok"] / wall, cpu / results[queue]["ok"] * 1000)
         root = work / "e2e" / "state" / "maildir"
-        with daemon(work / "e2e", "sqlite", 8, None) as port:
-            t0 = time.monotonic()
+        with daemon(work / "e2e", "sqlite", 8, None) as (port, pid):
+            t0, cpu0 = time.monotonic(), cpu_s(pid)
             e2e = wrk(port, s, c)
             while count_files(root) < e2e["ok"]:
-                time.sleep(0.05)
+                time.sleep(0.02)
             e2e_rate = e2e["ok"] / (time.monotonic() - t0)
+            e2e["cpu_ms"] = (cpu_s(pid) - cpu0) / e2e["ok"] * 1000
         root = work / "lat" / "state" / "maildir"
-        with daemon(work / "lat", "sqlite", 8, None) as port:
+        with daemon(work / "lat", "sqlite", 8, None) as (port, _):
             asyncio.run(paced(port, args.rate, 5))
             while count_files(root) < args.rate * 5:
                 time.sleep(0.05)
             lat = latencies_ms(root)
-    report(bare, results, e2e_rate, e2e, lat, bare_lat, args)
+    report(bare, results, drain, e2e_rate, e2e, lat, bare_lat, args)
 
 
-def report(bare, results, e2e_rate, e2e, lat, bare_lat, args) -> None:  # type: ignore[no-untyped-def]
+def report(bare, results, drain, e2e_rate, e2e, lat, bare_lat, args) -> None:  # type: ignore[no-untyped-def]
     base = bare["rps"]
     print(f"wrk: {args.connections} connections, {args.seconds} s per run, loopback, 2 threads")
     print(f"{'what':<44}{'msg/s':>10}{'ratio':>9}{'target':>9}")
@@ -197,7 +221,11 @@ def report(bare, results, e2e_rate, e2e, lat, bare_lat, args) -> None:  # type: 
         print(f"{line:<44}{r['rps']:>10.0f}{r['rps'] / base:>9.2f}{target:>9.2f}"
               + (f"  ({r['errors']} non-2xx)" if r["errors"] else ""))  # fmt: skip
     line = "(b) end to end webhook→queue→rules→Maildir"
-    print(f"{line:<44}{e2e_rate:>10.0f}{e2e_rate / base:>9.2f}{0.25:>9.2f}")
+    print(f"{line:<44}{e2e_rate:>10.0f}{e2e_rate / base:>9.2f}{0.25:>9.2f}"
+          f"  ({e2e['cpu_ms']:.3f} ms CPU/msg)")  # fmt: skip
+    for queue, (rate, cpu_ms) in drain.items():
+        line = f"    delivery alone, {queue} (queue pre-filled)"
+        print(f"{line:<44}{rate:>10.0f}{rate / base:>9.2f}{'':>9}  ({cpu_ms:.3f} ms CPU/msg)")
     print(f"(c) paced {args.rate} msg/s for 5 s:")
     print(f"    ingest-to-delivery   p50 {pct(lat, 50):7.1f} ms   p99 {pct(lat, 99):7.1f} ms"
           f"   ({len(lat)} messages)")  # fmt: skip
