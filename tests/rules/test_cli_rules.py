@@ -287,8 +287,8 @@ def test_default_test_files_come_from_the_config(tmp_path: Path) -> None:
     assert "PASS the README message" in result.stdout
 
 
-def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
-    path = tmp_path / "t.test.yaml"
+def _one_pass_one_fail(path: Path, wrong: str) -> Path:
+    """A test file against the example rules: case "ok" passes, case "wrong" expects ``wrong``."""
     path.write_text(
         f"rules: {EXAMPLE_RULES}\n"
         "tests:\n"
@@ -297,9 +297,14 @@ def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
         "    expect: {team: triage}\n"
         "  - name: wrong\n"
         "    message: {text: 我要投诉}\n"
-        "    expect: {team: aftersales, tags_include: [refund]}\n",
+        f"    expect: {{{wrong}}}\n",
         encoding="utf-8",
     )
+    return path
+
+
+def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
+    path = _one_pass_one_fail(tmp_path / "t.test.yaml", "team: aftersales, tags_include: [refund]")
     result = run("rules", "test", path, "--coverage")
     assert result.exit_code == 1
     assert result.stdout.splitlines()[:5] == [
@@ -314,17 +319,8 @@ def test_failing_test_prints_a_diff_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_test_json_has_each_case_its_differences_and_coverage(tmp_path: Path) -> None:
-    path = tmp_path / "t.test.yaml"
-    path.write_text(
-        f"rules: {EXAMPLE_RULES}\n"
-        "tests:\n"
-        "  - name: ok\n"
-        "    message: {text: 你好}\n"
-        "    expect: {team: triage}\n"
-        "  - name: wrong\n"
-        "    message: {text: 我要投诉}\n"
-        "    expect: {team: aftersales, tags_include: [refund], priority: high}\n",
-        encoding="utf-8",
+    path = _one_pass_one_fail(
+        tmp_path / "t.test.yaml", "team: aftersales, tags_include: [refund], priority: high"
     )
     result = run("rules", "test", path, "--coverage", "--format", "json")
     assert result.exit_code == 1
