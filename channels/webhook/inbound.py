@@ -11,13 +11,13 @@ from typing import Any, Final, Literal
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from structlog.contextvars import bound_contextvars
 
 from channels.webhook.signing import SIGNATURE_HEADER, secret_bytes
 from router import metrics
 from router.config import parse_listen
 from router.errors import QueueUnavailable
 from router.interfaces import Sink
+from router.logs import message_context
 from router.message import Message, Sender, Thread
 from router.secrets import SecretRef
 
@@ -334,7 +334,7 @@ class WebhookChannel:
             return self._reject(request, source.name, _Rejected(503, "unavailable", _STOPPING))
         self._inflight += 1
         self._idle.clear()
-        with bound_contextvars(source=source.name, channel=CHANNEL, message_id=message.id):
+        with message_context({"source": source.name, "channel": CHANNEL, "message_id": message.id}):
             try:
                 message_id = await self._sink.put(message)
             except QueueUnavailable as exc:

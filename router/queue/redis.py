@@ -4,8 +4,9 @@ Place in the flow: inbound channels ``put`` here (via the ``Sink``), the dispatc
 and settles; several daemons on several machines share the stream (that is how triaged
 scales out). Contract: ``router/queue/__init__.py``; key names: ``router/keys.py``.
 
-- ``put``: one flush (``router/batching.py``) sends every waiting put in ONE pipeline (XADD,
-  or a Lua GET/SET-PX/XADD for a ``dedupe_key``); each caller awaits its own future.
+- ``put``: one flush (``router/batching.py``) sends every waiting put at once: the plain
+  ones in ONE Lua call (one XADD each), those with a ``dedupe_key`` in one pipeline of Lua
+  GET/SET-PX/XADD; each caller awaits its own future.
 - ``take``: (1) once after open, this consumer's own pending entries (XREADGROUP id "0": a
   restart under the same name gets its unsettled leases back at once); (2) due retries are
   moved from the delayed ZSET to the stream (Lua, so two daemons never double-move) and
@@ -44,6 +45,7 @@ from router.queue.redis_scripts import (
     DEAD,
     MOVE_DUE,
     PUT_DEDUPE,
+    PUT_MANY,
     REPLAY,
     REQUEUE,
     RETRY,
@@ -85,6 +87,7 @@ class RedisQueue:
             for name, lua in (("retry", RETRY), ("dead", DEAD), ("requeue", REQUEUE))
         }
         self._replay_script = client.register_script(REPLAY)
+        self._put_many = client.register_script(PUT_MANY)
         self._recovered = False  # own pending entries left by a previous run handed out
         self._recover_cursor: bytes | str = "0"
         self._recover_lock = asyncio.Lock()
@@ -357,26 +360,27 @@ class RedisQueue:
         )
 
     async def _commit(self, batch: list[Message]) -> list[str | BaseException]:
-        """One pipeline for every waiting put; per put its id (dedupe: the first) or the error."""
-        pipe = self._client.pipeline(transaction=False)
-        for message in batch:
-            payload = message.to_json()
-            if message.dedupe_key is None:
-                pipe.xadd(self._keys.stream, {"m": payload, "a": 0})
-            else:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
-                dedupe = self._keys.dedupe(message.dedupe_key)
-                pipe.eval(
-                    PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, self._dedupe_ms
-                )
-        results = await pipe.execute(raise_on_error=False)
-        return [
-            result
-            if isinstance(result, BaseException)
-            else message.id
-            if message.dedupe_key is None
-            else result.decode()
-            for message, result in zip(batch, results, strict=True)
-        ]
+        """Every waiting put; per put its id (dedupe: the first one's) or the error."""
+        results: list[str | BaseException] = [m.id for m in batch]
+        plain = [m.to_json() for m in batch if m.dedupe_key is None]
+        keyed = [(i, m) for i, m in enumerate(batch) if m.dedupe_key is not None]
+        if plain:  # one command: if it fails, every plain put of the batch failed
+            try:
+                await self._put_many(keys=[self._keys.stream], args=plain)
+            except Exception as exc:  # handed to each plain put's caller by GroupCommit
+                for i, message in enumerate(batch):
+                    if message.dedupe_key is None:
+                        results[i] = exc
+        if keyed:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
+            pipe = self._client.pipeline(transaction=False)
+            for _, message in keyed:
+                dedupe = self._keys.dedupe(message.dedupe_key)  # type: ignore[arg-type]
+                payload, ttl = message.to_json(), self._dedupe_ms
+                pipe.eval(PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, ttl)
+            replies = await pipe.execute(raise_on_error=False)
+            for (i, _), reply in zip(keyed, replies, strict=True):
+                results[i] = reply if isinstance(reply, BaseException) else reply.decode()
+        return results
 
 
 def _dead_letter(message_id: bytes, payload: bytes, info: dict[str, object]) -> DeadLetter:

@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from multidict import CIMultiDictProxy
 from structlog.testing import capture_logs
 
 from channels.webhook import WebhookChannel, WebhookConfig, parse_listen
 from router.errors import QueueUnavailable
+from router.logs import merge_message_context
 from router.message import Message
 
 SECRET = "s3cret-hmac-key"
@@ -369,7 +369,7 @@ async def test_healthz(api: Api) -> None:
 
 async def test_queued_log_line_is_bound_and_has_no_body(api: Api) -> None:
     payload = {"from": "secret-customer@example.com", "text": "private words"}
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_message_context]) as logs:
         status, body, _ = await api.post("/v1/messages", encode(payload))
     assert status == 202
     [queued] = [entry for entry in logs if entry["event"] == "message.queued"]

@@ -246,6 +246,25 @@ async def test_dedupe_key_returns_first_id_and_adds_nothing(queue: Queue) -> Non
     assert (await queue.stats()).ready == 2
 
 
+async def test_one_flush_mixing_plain_and_deduplicated_puts(queue: Queue) -> None:
+    """Puts parked at one moment share one flush: plain ones (one Lua call on Redis) and keyed
+    ones (the dedupe path) each get the right id, and every payload comes back intact."""
+    plain = [message(f"退款 {i} 🎉") for i in range(30)]
+    keyed = [message(f"重复 {i}", dedupe_key="webhook:shop:order-9") for i in range(4)]
+    other = [message(f"独立 {i}", dedupe_key=f"webhook:shop:k{i}") for i in range(3)]
+    batch = [*plain[:10], *keyed, *plain[10:20], *other, *plain[20:]]
+    ids = await asyncio.gather(*(queue.put(m) for m in batch))
+    by_id = dict(zip((m.id for m in batch), ids, strict=True))
+    assert all(by_id[m.id] == m.id for m in plain + other)
+    assert len({by_id[m.id] for m in keyed}) == 1
+    expected = {m.id: m.text for m in plain + other} | {
+        by_id[keyed[0].id]: next(m.text for m in keyed if m.id == by_id[keyed[0].id])
+    }
+    leases = await take_batch(queue, 100)
+    assert {lease.message.id: lease.message.text for lease in leases} == expected
+    await queue.ack_batch(leases)
+
+
 async def test_concurrent_puts_are_durable_and_taken_exactly_once(queue: Queue) -> None:
     sent = [message(f"消息 {i}") for i in range(200)]
     ids = await asyncio.gather(*(queue.put(m) for m in sent))
