@@ -15,8 +15,9 @@ Printed, each as a ratio to the bare aiohttp handler measured in the same run:
     beside it, for both backends, delivery alone: the daemon restarted with workers on the
     queue (a) filled, messages delivered per second until it is empty (what the workers can
     do when they do not share the process with ingest);
-(c) ingest-to-delivery latency p50/p99 at a paced load (Maildir file time minus the id's
-    millisecond timestamp), beside the bare handler's request latency at the same pace.
+(c) ingest-to-delivery latency p50/p99 at a paced load (the Maildir file's ctime, which
+    its rename into ``new/`` sets, minus the id's millisecond timestamp), beside the bare
+    handler's request latency at the same pace.
 
 One daemon is one process: ingest and delivery share one core's worth of Python (the GIL);
 the CPU figures show where the time goes.
@@ -136,12 +137,13 @@ def count_files(root: Path) -> int:
 
 
 def latencies_ms(root: Path) -> list[float]:
-    """Per delivered file: file time minus the ULID's millisecond timestamp."""
+    """Per delivered file: its ctime (set by the rename into new/; the mtime is the earlier
+    write into tmp/) minus the ULID's millisecond timestamp."""
     found = []
     for team in root.iterdir():
         for entry in os.scandir(team / "new"):
             ulid = ULID.from_str(entry.name.split(".")[0])
-            found.append(entry.stat().st_mtime * 1000 - ulid.milliseconds)
+            found.append(entry.stat().st_ctime * 1000 - ulid.milliseconds)
     return found
 
 
