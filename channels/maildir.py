@@ -111,6 +111,8 @@ def _encodable(value: str) -> str:
 
 def _header(value: str) -> str:
     """A header value with CR, LF and other control characters replaced by spaces."""
+    if value.isprintable():  # no control character, no lone surrogate: nothing to replace
+        return value.strip()
     return _CONTROL.sub(" ", _encodable(value)).strip()
 
 
