@@ -40,6 +40,8 @@ from rules.explain import (
 from rules.include import read_files
 from rules.loader import RuleFileError, RuleSet, load_file
 from rules.messages import MessageFileError, load_message, message_files, parse_time
+from rules.show import overview
+from rules.show import render as render_overview
 from rules.source import Problem, YamlFileError, load_yaml
 
 MESSAGE_SUFFIXES = (".eml", ".json")
@@ -199,6 +201,24 @@ def check(files: tuple[Path, ...], fmt: str, strict: bool, config_path: Path | N
         click.echo(f"{_n(errors, 'error')}, {_n(warnings, 'warning')} — {verdict}")
     if errors or (strict and warnings):
         raise Failed()
+
+
+# -- show ---------------------------------------------------------------------------------------
+
+
+@rules_group.command("show")
+@rules_option
+@config_option
+@format_option
+def show(rules_path: Path | None, config_path: Path | None, fmt: str) -> None:
+    """Print the effective ruleset: every rule in evaluation order (with include:, from all
+    files) with where it comes from, its condition and what it sets; teams, defaults, SLA
+    and what the compiler built."""
+    doc = overview(_rules_for(rules_path, config_path))
+    if fmt == "json":
+        _echo_json(doc)
+    else:
+        click.echo(render_overview(doc))
 
 
 # -- explain ------------------------------------------------------------------------------------

@@ -49,13 +49,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds:g}s"
 
 
-def _values(leaf: Leaf) -> Any:
+def leaf_values(leaf: Leaf) -> Any:
     """The leaf's operand, JSON-ready: a list of literals, a pattern, a number, a name."""
     value = leaf.value
     return list(value) if isinstance(value, tuple) else value
 
 
-def _shown(values: Any, op: str) -> str:
+def shown(values: Any, op: str) -> str:
+    """An operand as one short line: at most a few literals of a list, patterns quoted."""
     if isinstance(values, list):
         more = f", +{len(values) - _SHOWN} more" if len(values) > _SHOWN else ""
         return "[" + ", ".join(str(v) for v in values[:_SHOWN]) + more + "]"
@@ -137,7 +138,7 @@ def _leaf(leaf: Leaf, traces: Mapping[str, ConditionTrace], reader: _Reader) -> 
         "line": leaf.where.line,
         "field": leaf.field,
         "op": leaf.op,
-        "values": _values(leaf),
+        "values": leaf_values(leaf),
         "spans": spans,
     }
     seen = reader.seen(leaf) if trace is not None else None
@@ -165,7 +166,8 @@ def _tree(node: Node, traces: Mapping[str, ConditionTrace], reader: _Reader) -> 
     return {"kind": kind, "matched": matched, "line": node.where.line, "children": children}
 
 
-def _effect(rule: Rule) -> str:
+def effect(rule: Rule) -> str:
+    """What a rule sets, and whether firing it stops evaluation."""
     a: Action = rule.action
     parts = [f"team = {a.team}"] if a.team else []
     parts += [f"category = {a.category}"] if a.category else []
@@ -182,7 +184,7 @@ def _rule(
     rule: Rule, decision: Decision, reader: _Reader, stop_line: int | None, after_stop: bool
 ) -> Doc:
     trace = next((t for t in decision.trace if t.rule == rule.id), None)
-    out: Doc = {"id": rule.id, "line": rule.where.line, "effect": _effect(rule)}
+    out: Doc = {"id": rule.id, "line": rule.where.line, "effect": effect(rule)}
     if trace is None:
         if not rule.enabled:
             out["status"] = "disabled"
@@ -248,7 +250,7 @@ def _node_lines(node: Doc, depth: int) -> list[str]:
             lines += _node_lines(child, depth + 1)
         return lines
     seen = f"  (saw {node['seen']})" if "seen" in node else ""
-    line = f"{pad}{mark} {node['field']} {node['op']} {_shown(node['values'], node['op'])}{seen}"
+    line = f"{pad}{mark} {node['field']} {node['op']} {shown(node['values'], node['op'])}{seen}"
     lines = [line if node["matched"] is not None else f"{line}  not evaluated"]
     for span in node["spans"] if "seen" not in node else ():
         where = f"{span['field']}[{span['start']}:{span['end']}]"

@@ -38,6 +38,56 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+# -- show -------------------------------------------------------------------------------------
+
+
+def test_show_lists_rules_of_every_included_file_in_evaluation_order(tmp_path: Path) -> None:
+    """Steps: a main file including another; ``rules show`` lists the included rule first,
+    each with its own file and line, its condition and its effect; JSON has the same."""
+    (tmp_path / "billing.yaml").write_text(
+        "teams:\n  billing: {inbox: [maildir]}\n"
+        "rules:\n"
+        "  - id: refund\n"
+        "    when:\n"
+        "      any: [{text: {contains_any: [退款, refund]}}, {subject: {regex: '^RMA-\\d+'}}]\n"
+        "    set: {team: billing, tags: [billing]}\n",
+        encoding="utf-8",
+    )
+    main = tmp_path / "rules.yaml"
+    main.write_text(
+        "version: 1\ninclude: [billing.yaml]\n"
+        "teams:\n  triage: {inbox: [maildir], escalation: lead@example.cn}\n"
+        "defaults: {team: triage, category: general, priority: medium}\n"
+        "rules:\n"
+        "  - id: vip\n"
+        "    when: {not: {channel: {equals: telegram}}}\n"
+        "    set: {priority: high}\n",
+        encoding="utf-8",
+    )
+    result = run("rules", "show", "-r", main)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "(+1 included files)" in out
+    assert "triage           inbox maildir, escalation lead@example.cn" in out
+    assert out.index(f"1 refund  {tmp_path / 'billing.yaml'}:4") < out.index(f"2 vip     {main}:7")
+    # the regex as the engine runs it: the fold view matches case-insensitively
+    assert "when any(text contains_any [退款, refund], subject regex '(?i)^RMA-\\d+')" in out
+    assert "→    team = billing, tags += billing  (delivering: stops)" in out
+    assert "when not(channel equals [telegram])" in out
+    assert "compiled: 2 enabled rules, 2 keywords in one automaton, 1 regexes" in out
+
+    doc = json.loads(run("rules", "show", "-r", main, "--format", "json").stdout)
+    assert [(r["n"], r["id"], r["line"]) for r in doc["rules"]] == [(1, "refund", 4), (2, "vip", 7)]
+    assert doc["files"] == [str(main), str(tmp_path / "billing.yaml")]
+    assert doc["compiled"]["regexes"] == 1
+
+
+def test_show_of_a_broken_file_prints_the_problems_and_exits_1() -> None:
+    result = run("rules", "show", "-r", BROKEN)
+    assert result.exit_code == 1
+    assert f"{BROKEN}:" in result.output
+
+
 # -- check ------------------------------------------------------------------------------------
 
 
