@@ -133,14 +133,16 @@ def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
 
 
 def count_files(root: Path) -> int:
-    return sum(len(os.listdir(d / "new")) for d in root.iterdir()) if root.exists() else 0
+    if not root.exists():
+        return 0
+    return sum(len(os.listdir(d / "new")) for d in root.iterdir() if not d.name.startswith("."))
 
 
 def latencies_ms(root: Path) -> list[float]:
     """Per delivered file: its ctime (set by the rename into new/; the mtime is the earlier
     write into tmp/) minus the ULID's millisecond timestamp."""
     found = []
-    for team in root.iterdir():
+    for team in (d for d in root.iterdir() if not d.name.startswith(".")):
         for entry in os.scandir(team / "new"):
             ulid = ULID.from_str(entry.name.split(".")[0])
             found.append(entry.stat().st_ctime * 1000 - ulid.milliseconds)

@@ -45,10 +45,10 @@ import errno
 import functools
 import hashlib
 import json
-import mailbox
 import os
 import re
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -502,14 +502,29 @@ class MaildirSender:
         return base
 
     def _prepare(self, name: str) -> None:
+        """Make sure the team's Maildir exists with ``cur/ new/ tmp/``.
+
+        A new one is built under a hidden name and renamed into place, so a reader (mutt, a
+        script listing the folders) sees either no Maildir or a whole one, never a folder
+        whose ``cur/`` is not there yet.
+        """
         folder = Path(name)
-        created = not folder.exists()
-        mailbox.Maildir(folder, create=True)  # the folder and cur/ new/ tmp/, mode 0700
+        if not folder.exists():
+            staging = folder.with_name(f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            staging.mkdir(mode=0o700)
+            try:
+                for sub in _SUBDIRS:
+                    (staging / sub).mkdir(mode=0o700)
+                _fsync_dir(staging)
+                os.rename(staging, folder)  # fails if another writer made it meanwhile: fine
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
+                if not folder.is_dir():
+                    raise
+            else:  # make the new entry durable before the first mail
+                _fsync_dir(folder.parent)
         for sub in _SUBDIRS:  # a folder made by hand may lack some
             (folder / sub).mkdir(mode=0o700, exist_ok=True)
-        if created:  # make the new directory entries durable before the first mail
-            _fsync_dir(folder)
-            _fsync_dir(folder.parent)
 
 
 def _failure(exc: OSError) -> DeliveryError:

@@ -332,3 +332,22 @@ async def test_failed_sync_publishes_nothing_and_is_temporary(
     monkeypatch.undo()  # the disk recovers: the retries deliver
     await asyncio.gather(*(sender.send(d) for d in items))
     assert len(read_all(tmp_path / "mail")) == 3
+
+
+async def test_new_team_maildir_appears_whole_even_when_two_writers_race(tmp_path: Path) -> None:
+    """Two senders (two daemons on one disk) deliver the first mails of a new team at once:
+    each builds the Maildir under a hidden name and renames it into place; the loser of the
+    rename uses the winner's. One Maildir with cur/ new/ tmp/ (0700), nothing left behind."""
+    root = tmp_path / "mail"
+    senders = [MaildirSender(f"s{i}", MaildirConfig(type="maildir", path=root)) for i in range(2)]
+    for sender in senders:
+        await sender.start()
+    items = [delivery(target=f"s{i % 2}", subject=f"新 {i}") for i in range(20)]
+    await asyncio.gather(*(senders[i % 2].send(d) for i, d in enumerate(items)))
+    for sender in senders:
+        await sender.close()
+    assert sorted(p.name for p in root.iterdir()) == ["after-sales"]
+    folder = root / "after-sales"
+    assert sorted(p.name for p in folder.iterdir()) == ["cur", "new", "tmp"]
+    assert all((folder / sub).stat().st_mode & 0o777 == 0o700 for sub in ("cur", "new", "tmp"))
+    assert len(read_all(root)) == 20
