@@ -166,7 +166,7 @@ def _tree(node: Node, traces: Mapping[str, ConditionTrace], reader: _Reader) -> 
     return {"kind": kind, "matched": matched, "line": node.where.line, "children": children}
 
 
-def effect(rule: Rule) -> str:
+def effect_text(rule: Rule) -> str:
     """What a rule sets, and whether firing it stops evaluation."""
     a: Action = rule.action
     parts = [f"team = {a.team}"] if a.team else []
@@ -184,7 +184,7 @@ def _rule(
     rule: Rule, decision: Decision, reader: _Reader, stop_line: int | None, after_stop: bool
 ) -> Doc:
     trace = next((t for t in decision.trace if t.rule == rule.id), None)
-    out: Doc = {"id": rule.id, "line": rule.where.line, "effect": effect(rule)}
+    out: Doc = {"id": rule.id, "line": rule.where.line, "effect": effect_text(rule)}
     if trace is None:
         if not rule.enabled:
             out["status"] = "disabled"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.explain import effect, format_duration, leaf_values, shown
+from rules.explain import effect_text, format_duration, leaf_values, shown
 from rules.model import All, AnyOf, Leaf, Node, Not, Rule, Use
 from rules.ruleset import RuleSet
 
@@ -42,7 +42,7 @@ def _rule(index: int, rule: Rule) -> Doc:
         "line": rule.where.line,
         "enabled": rule.enabled,
         "when": condition_text(rule.when),
-        "effect": effect(rule),
+        "effect": effect_text(rule),
     }
 
 
