@@ -8,13 +8,15 @@
 * Each rule is filed under the atoms its condition requires (``nodes.*.triggers``): a
   keyword, a regex, a value, a field that exists, or a number comparison (``gte: 10000`` is
   an atom satisfied by the message's number, not by the field's mere presence); per message
-  only rules with a satisfied atom, plus the rules with no such atom, are evaluated.
+  only rules with a satisfied atom, plus the rules with no such atom, are evaluated — and
+  not even tested when the atom is *sure*, enough for the condition to hold (``entry``).
+* The subject's regexes also go into the text's set, as a guard (``_guards``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +24,8 @@ import ahocorasick_rs
 import re2
 
 from rules.calendars import Calendar
-from rules.decision import RuleTrace
-from rules.fields import TEXT_GROUP
+from rules.decision import Effect, RuleTrace, effect
+from rules.fields import TEXT_GROUP, Accessor, accessor
 from rules.model import (
     AFFIX_OPS,
     KEYWORD_OPS,
@@ -39,6 +41,7 @@ from rules.model import (
     Use,
 )
 from rules.nodes import (
+    COMPARE,
     AffixNode,
     AllNode,
     AnyNode,
@@ -48,12 +51,24 @@ from rules.nodes import (
     NumberNode,
     RegexNode,
     TimeNode,
+    Trigger,
     ValueNode,
+    literals,
 )
 from rules.normalize import View
 from rules.patterns import compile_regex, options
 
 Key = tuple[str, View]
+ByAtom = tuple[tuple[int, ...], ...]  # atom id (keyword, regex) → rules, () for none
+Limit = tuple[Callable[[float, Any], bool], Any, tuple[int, ...]]  # (compare, limit, rules)
+# The fields the index looks up: field, view, normalised value → rules, a memo (raw value →
+# its rules: ``engine._value_rules``) and the field's accessor; for numbers: field, limits,
+# memo, accessor.
+Memo = dict[object, tuple[int, ...]]
+ValueScan = tuple[str, View, Mapping[str, tuple[int, ...]], Memo, Accessor]
+NumberScan = tuple[str, tuple[Limit, ...], Memo, Accessor]
+# (node, trace entry when not matched, when matched, effect, whether firing stops)
+Routine = tuple[Any, RuleTrace, RuleTrace, Effect, bool]
 
 
 class RegexSet:
@@ -68,13 +83,16 @@ class RegexSet:
             self._set.Compile()
         except re2.error:  # too big for RE2's set memory: search one by one instead
             self._set = None
+        # The wrapper's Match only encodes str and maps [] to None; it is called per message
+        # with bytes, so call the extension's set (when the wrapper still exposes it) directly.
+        self._match = getattr(self._set, "_set", self._set)
 
     def matches(self, hay: bytes) -> list[int]:
         """Indexes of the patterns found in the UTF-8 text ``hay``."""
-        if self._set is None:
+        if self._match is None:
             text = hay.decode("utf-8")
             return [i for i, rx in enumerate(self.regexes) if rx.search(text) is not None]
-        return self._set.Match(hay) or []
+        return self._match.Match(hay) or []
 
 
 @dataclass(frozen=True)
@@ -85,12 +103,6 @@ class CompiledRule:
     node: Any
     id: str = ""  # the rule's id and line, for its trace entry
     line: int = 0
-    traced: tuple[RuleTrace, RuleTrace] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:  # the routine trace entries (no leaves), made once
-        miss, hit = (RuleTrace(self.id, self.line, matched, ()) for matched in (False, True))
-        entries = (miss, hit)
-        object.__setattr__(self, "traced", entries)
 
 
 @dataclass(frozen=True)
@@ -101,15 +113,22 @@ class Program:
     automata: Mapping[Key, Any]  # (scope, view) → BytesAhoCorasick; scope "text" = text group
     keywords: Mapping[Key, tuple[str, ...]]  # (scope, view) → the automaton's keywords, by id
     regex_sets: Mapping[Key, RegexSet]  # (field, view)
-    kw_index: Mapping[Key, Sequence[tuple[int, ...]]]  # keyword id → rules, () for none
-    rx_index: Mapping[Key, Mapping[int, tuple[int, ...]]]
-    val_index: Mapping[Key, Mapping[str, tuple[int, ...]]]
-    ex_index: Mapping[str, tuple[int, ...]]
-    always: frozenset[int]  # rules without a required atom: evaluated for every message
+    # The rule index, as flat tuples the engine walks per message (no dict views). It files
+    # *entries*: ``entry(rule, sure)``, the rule's index and whether the atom it is filed
+    # under is enough for its condition to hold (``nodes``), so that the sorted entries of
+    # the satisfied atoms are the candidate rules in file order, each first as sure if it is.
+    kw_index: tuple[tuple[Key, Any, ByAtom], ...]  # (scope, view), automaton, keyword → rules
+    rx_index: tuple[tuple[Key, RegexSet, ByAtom], ...]  # (field, view), set, regex → rules
+    val_index: tuple[ValueScan, ...]
+    ex_index: tuple[tuple[str, tuple[int, ...]], ...]  # field → rules needing it present
+    num_index: tuple[NumberScan, ...]
+    always: frozenset[int]  # entries of the rules without a required atom: evaluated always
     stats: Mapping[str, int] = field(default_factory=dict)
-    num_index: Mapping[str, Mapping[tuple[str, float], tuple[int, ...]]] = field(
-        default_factory=dict
-    )  # field → (gt|gte|lt|lte, limit) → rules
+    # ("subject", view) → ids, in the text's set of that view, of every subject regex: when
+    # none matched the text, none matches the subject (``_guards``)
+    regex_guards: Mapping[Key, frozenset[int]] = field(default_factory=dict)
+    # per rule, what the routine evaluation reads of it (``_routine``)
+    routine: tuple[Routine, ...] = ()
 
 
 def scope_of(field_name: str) -> str:
@@ -122,6 +141,7 @@ class _Builder:
         self.calendars = calendars
         self.keywords: dict[Key, dict[str, int]] = defaultdict(dict)
         self.patterns: dict[Key, dict[str, int]] = defaultdict(dict)
+        self.values: dict[Key, set[str]] = defaultdict(set)  # the values rules compare with
 
     def node(self, node: Node) -> Any:
         if isinstance(node, Leaf):
@@ -148,6 +168,7 @@ class _Builder:
             rid = table.setdefault(str(leaf.value), len(table))
             return RegexNode(leaf, rid, compile_regex(str(leaf.value)))
         if op in VALUE_OPS:
+            self.values[(leaf.field, leaf.view)].update(literals(leaf))
             return ValueNode(leaf)
         if op in AFFIX_OPS:
             return AffixNode(leaf)
@@ -160,27 +181,76 @@ class _Builder:
         raise ValueError(f"unknown operator {op!r}")
 
 
-def _by_keyword(table: Mapping[int, tuple[int, ...]], count: int) -> tuple[tuple[int, ...], ...]:
-    """A keyword-id → rules table as a tuple: indexing beats ``dict.get`` per hit."""
-    return tuple(table.get(kw, ()) for kw in range(count))
+def entry(rule: int, sure: bool) -> int:
+    """The index entry of rule number ``rule`` (``Program``): sorted entries keep the rules'
+    order, and a rule's sure entry comes before its other one."""
+    return 2 * rule + (not sure)
 
 
-def _index(rules: Sequence[CompiledRule]) -> tuple[dict[str, Any], frozenset[int]]:
+def _by_atom(table: Mapping[int, tuple[int, ...]], count: int) -> ByAtom:
+    """An atom-id → rules table as a tuple: indexing beats ``dict.get`` per hit."""
+    return tuple(table.get(atom, ()) for atom in range(count))
+
+
+def _routine(rules: Sequence[CompiledRule]) -> tuple[Routine, ...]:
+    """Per rule, what the routine evaluation reads of it, in one tuple: its trace entries
+    (immutable, so made once and shared by every evaluation) and its ``Effect``."""
+    out = []
+    for compiled in rules:
+        miss, hit = (RuleTrace(compiled.id, compiled.line, ok, ()) for ok in (False, True))
+        out.append((compiled.node, miss, hit, effect(compiled.rule), compiled.rule.stops))
+    return tuple(out)
+
+
+def _guards(patterns: dict[Key, dict[str, int]]) -> dict[Key, frozenset[int]]:
+    """Add the subject's regexes of a view to its text's set, when it has one, as a guard.
+
+    A regex that matches the subject matches the text (subject + "\\n" + body) there too,
+    unless it looks at what follows the subject: ``$`` and ``\\z`` (a ``\\b`` or ``\\B``
+    sees the newline as the end of the text: neither is a word character). So when none of
+    them matched the text, the subject's own set need not run (an RE2 call on a short subject
+    costs more than its regexes add to the text's pass). A subject regex that may look past
+    the subject (any ``$``, conservatively) leaves the subject's set unguarded.
+    """
+    guards = {}
+    for (name, view), table in patterns.items():
+        text = patterns.get(("text", view))
+        if name != "subject" or not text or not table:
+            continue
+        if any("$" in pattern or "\\z" in pattern for pattern in table):
+            continue
+        guards[(name, view)] = frozenset(text.setdefault(p, len(text)) for p in table)
+    return guards
+
+
+def _index(
+    rules: Sequence[CompiledRule], values: Mapping[Key, set[str]]
+) -> tuple[dict[str, Any], frozenset[int]]:
     index: dict[str, Any] = {
         kind: defaultdict(lambda: defaultdict(list)) for kind in ("kw", "rx", "val", "num")
     }
     exists: dict[str, list[int]] = defaultdict(list)
     always = set()
+
+    def weigh(trigger: Trigger) -> float:
+        """Expected hits of an atom: a value of a field the rules name few values of (a
+        channel: email, imap, webhook) is more common than one of many (sender domains)."""
+        kind, key = trigger[0], trigger[1]
+        return 1 / len(values[key]) if kind == "val" else 1.0  # type: ignore[index]
+
     for i, compiled in enumerate(rules):
-        found = compiled.node.triggers() if compiled.node is not None else None
-        if found is None:
-            always.add(i)
+        if compiled.node is None:  # matches every message
+            always.add(entry(i, True))
             continue
-        for kind, key, atom in found:
+        found = compiled.node.triggers(weigh)
+        if found is None:
+            always.add(entry(i, False))
+            continue
+        for kind, key, atom, sure in found:
             if kind == "ex":
-                exists[str(key)].append(i)
+                exists[str(key)].append(entry(i, sure))
             else:
-                index[kind][key][atom].append(i)
+                index[kind][key][atom].append(entry(i, sure))
     frozen: dict[str, Any] = {
         kind: {
             key: {a: tuple(dict.fromkeys(r)) for a, r in atoms.items()}
@@ -210,15 +280,31 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         for key, table in builder.keywords.items()
         if table
     }
+    regex_count = sum(len(t) for t in builder.patterns.values())
+    regex_guards = _guards(builder.patterns)
     regex_sets = {key: RegexSet(list(table)) for key, table in builder.patterns.items() if table}
-    index, always = _index(compiled)
-    kw_index = {
-        key: _by_keyword(table, len(builder.keywords[key])) for key, table in index["kw"].items()
-    }
+    index, always = _index(compiled, builder.values)
+    kw_index = tuple(
+        (key, automata[key], _by_atom(table, len(builder.keywords[key])))
+        for key, table in index["kw"].items()
+    )
+    rx_index = tuple(
+        (key, regex_sets[key], _by_atom(table, len(builder.patterns[key])))
+        for key, table in index["rx"].items()
+    )
+    num_index = tuple(
+        (
+            name,
+            tuple((COMPARE[op], limit, rules) for (op, limit), rules in limits.items()),
+            {},
+            accessor(name),
+        )
+        for name, limits in index["num"].items()
+    )
     stats = {
         "rules": len(compiled),
         "keywords": sum(len(t) for t in builder.keywords.values()),
-        "regexes": sum(len(t) for t in builder.patterns.values()),
+        "regexes": regex_count,
         "unindexed": len(always),
     }
     return Program(
@@ -226,11 +312,15 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         automata=automata,
         keywords={key: tuple(table) for key, table in builder.keywords.items()},
         regex_sets=regex_sets,
+        regex_guards=regex_guards,
         kw_index=kw_index,
-        rx_index=index["rx"],
-        val_index=index["val"],
-        ex_index=index["ex"],
+        rx_index=rx_index,
+        val_index=tuple(
+            (name, view, table, {}, accessor(name)) for (name, view), table in index["val"].items()
+        ),
+        ex_index=tuple(index["ex"].items()),
+        num_index=num_index,
         always=always,
         stats=stats,
-        num_index=index["num"],
+        routine=_routine(compiled),
     )

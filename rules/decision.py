@@ -9,7 +9,9 @@ evaluation unless ``continue: true``; ``stop: true`` always stops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rules.model import PRIORITIES, PRIORITY_RANK, Rule
@@ -81,62 +83,140 @@ class Decision:
         }
 
 
-class Accumulator:
-    """Applies firing rules in order; ``fire`` says whether evaluation stops."""
+class Effect(NamedTuple):
+    """What a firing rule contributes to the decision, flattened once per rule (the compiler
+    keeps one per rule: merging then reads no ``Rule``/``Action`` attributes)."""
 
-    __slots__ = ("category", "fired", "notify", "rank", "sla_s", "stopped_at", "tags", "team")
+    rule: str
+    team: str | None
+    category: str | None
+    rank: int  # PRIORITY_RANK of the rule's priority, -1 when it sets none
+    tags: tuple[str, ...]
+    notify: tuple[str, ...]
+    sla_s: float | None
+    stops: bool
+
+
+def effect(rule: Rule) -> Effect:
+    """The ``Effect`` of ``rule`` firing."""
+    action = rule.action
+    rank = -1 if action.priority is None else PRIORITY_RANK[action.priority]
+    return Effect(
+        rule.id,
+        action.team,
+        action.category,
+        rank,
+        action.tags,
+        action.notify,
+        action.sla_s,
+        rule.stops,
+    )
+
+
+class Accumulator:
+    """Collects the firing rules in order; ``fire`` says whether evaluation stops, and
+    ``decision`` merges them (``decide``)."""
+
+    __slots__ = ("fired",)
 
     def __init__(self) -> None:
-        self.team: str | None = None
-        self.category: str | None = None
-        self.rank = -1
-        self.tags: dict[str, None] = {}
-        self.notify: dict[str, None] = {}
-        self.sla_s: float | None = None
-        self.fired: list[str] = []
-        self.stopped_at: str | None = None
+        self.fired: list[Effect] = []
 
     def fire(self, rule: Rule) -> bool:
-        """Apply ``rule``'s action; True when it stops evaluation."""
-        self.fired.append(rule.id)
-        action = rule.action
-        if self.team is None:
-            self.team = action.team
-        if self.category is None:
-            self.category = action.category
-        if action.priority is not None:
-            self.rank = max(self.rank, PRIORITY_RANK[action.priority])
-        for tag in action.tags:
-            self.tags[tag] = None
-        for team in action.notify:
-            self.notify[team] = None
-        if self.sla_s is None:
-            self.sla_s = action.sla_s
-        if rule.stops:
-            self.stopped_at = rule.id
-            return True
-        return False
+        """Record ``rule`` as firing; True when it stops evaluation."""
+        done = effect(rule)
+        self.fired.append(done)
+        return done.stops
 
     def decision(self, ruleset: RuleSet, trace: tuple[RuleTrace, ...]) -> Decision:
         """The final decision, defaults filling what no rule set."""
-        defaults = ruleset.defaults
-        priority = PRIORITIES[self.rank] if self.rank >= 0 else defaults.priority
-        sla_s = self.sla_s
-        if sla_s is None and priority in ruleset.sla:
-            sla_s = ruleset.sla[priority].first_response_s
-        return Decision(
-            team=self.team or defaults.team,
-            category=self.category or defaults.category,
-            priority=priority,
-            tags=tuple(self.tags),
-            notify=tuple(self.notify),
-            sla_s=sla_s,
-            rules=tuple(self.fired),
-            fallback=self.team is None,
-            ruleset_hash=ruleset.hash,
-            trace=trace,
-            stopped_at=self.stopped_at,
-        )
+        return decide(ruleset, self.fired, trace)
+
+
+def decide(
+    ruleset: RuleSet, fired: Sequence[Effect], trace: tuple[RuleTrace, ...] = ()
+) -> Decision:
+    """Merge the effects of the ``fired`` rules (in firing order; only the last may stop)
+    into the decision, defaults filling what no rule set.
+
+    One pass with local variables at the end of an evaluation: the engine's routine path
+    calls this directly (a few rules fire per message, so merging as they fire would only
+    add attribute traffic).
+    """
+    team: str | None = None
+    category: str | None = None
+    sla_s: float | None = None
+    rank = -1
+    tags: dict[str, None] = {}
+    notify: dict[str, None] = {}
+    for _, rule_team, rule_category, rule_rank, rule_tags, rule_notify, rule_sla, _ in fired:
+        if team is None:
+            team = rule_team
+        if category is None:
+            category = rule_category
+        if rule_rank > rank:
+            rank = rule_rank
+        for tag in rule_tags:
+            tags[tag] = None
+        for target in rule_notify:
+            notify[target] = None
+        if sla_s is None:
+            sla_s = rule_sla
+    defaults = ruleset.defaults
+    priority = PRIORITIES[rank] if rank >= 0 else defaults.priority
+    if sla_s is None and priority in ruleset.sla:
+        sla_s = ruleset.sla[priority].first_response_s
+    last = fired[-1] if fired else None
+    # Decision(...) as the frozen dataclass's __init__ would, without its object.__setattr__
+    # per field: the slots are set through their descriptors (a third of ``decide``).
+    decision = _new(Decision)
+    _team(decision, team or defaults.team)
+    _category(decision, category or defaults.category)
+    _priority(decision, priority)
+    _tags(decision, tuple(tags))
+    _notify(decision, tuple(notify))
+    _sla(decision, sla_s)
+    _rules(decision, tuple(map(_RULE, fired)))
+    _fallback(decision, team is None)
+    _hash(decision, ruleset.hash)
+    _trace(decision, trace)
+    _stopped(decision, last.rule if last is not None and last.stops else None)
+    _error(decision, None)
+    return decision
+
+
+_new = object.__new__
+_RULE = itemgetter(0)  # Effect.rule, without a comprehension's call
+_FIELDS = (  # every field of Decision, in the order ``decide`` sets them
+    "team",
+    "category",
+    "priority",
+    "tags",
+    "notify",
+    "sla_s",
+    "rules",
+    "fallback",
+    "ruleset_hash",
+    "trace",
+    "stopped_at",
+    "error",
+)
+if set(_FIELDS) != set(Decision.__dataclass_fields__):  # a new field must be set in decide
+    raise RuntimeError("rules.decision: decide does not set every field of Decision")
+(
+    _team,
+    _category,
+    _priority,
+    _tags,
+    _notify,
+    _sla,
+    _rules,
+    _fallback,
+    _hash,
+    _trace,
+    _stopped,
+    _error,
+) = (getattr(Decision, name).__set__ for name in _FIELDS)
 
 
 def error_decision(ruleset: RuleSet, exc: BaseException) -> Decision:

@@ -2,9 +2,12 @@
 
 Pure and synchronous. Per message: normalise the fields rules look at (once each), run each
 keyword automaton once over the UTF-8 of its field (subject, body and text share one pass),
-each regex set once, look the values up in the rule index, then
-evaluate only the candidate rules in file order with the stop/continue semantics of
-``rules.decision``. The routine trace lists the rules evaluated and whether each matched;
+each regex set once (the subject's only when one of its regexes matched the text), look the
+values up in the rule index (the entries of a field's value are remembered from message to
+message: channels, domains and tiers recur), then evaluate only the candidate rules in file
+order with the stop/continue semantics of ``rules.decision``; a rule selected through an
+atom that is enough for its condition (a ``text`` keyword, a regex, a value) matched without
+a test. The routine trace lists the rules evaluated and whether each matched;
 its leaves are left out (recording them and their keyword spans cost about a fifth of the
 evaluation, and only explain shows them). ``explain=True`` evaluates every rule without the
 index and without short-circuits, so the trace shows every leaf with its spans, regex leaves
@@ -14,19 +17,22 @@ too (one more RE2 search each); it decides exactly the same.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from operator import itemgetter
+from typing import Any
 
-from rules.compiler import Program, scope_of
+from rules.compiler import Key, Limit, Program, RegexSet, scope_of
 from rules.decision import (
     Accumulator,
     ConditionTrace,
     Decision,
+    Effect,
     RuleTrace,
     Span,
+    decide,
     error_decision,
 )
 from rules.fields import Facts, FieldReader
-from rules.nodes import COMPARE
 from rules.normalize import View, as_number
 from rules.ruleset import RuleSet
 
@@ -51,7 +57,7 @@ class Scan:
         self._found: dict[tuple[str, View], list[list[Match]]] = {}
         # (field, view) → keyword ids found / regex ids matched; nodes read these directly
         self.found_ids: dict[tuple[str, View], set[int]] = {}
-        self.found_rx: dict[tuple[str, View], frozenset[int]] = {}
+        self.found_rx: dict[tuple[str, View], Collection[int]] = {}
 
     def _matches(self, scope: str, view: View) -> list[list[Match]]:
         """The automaton's overlapping matches in each value of ``scope`` (one pass each)."""
@@ -64,6 +70,24 @@ class Scan:
             found = [find(v, overlapping=True) for v in values] if find and values else []
             self._found[key] = found
         return found
+
+    def _scope_ids(self, key: Key, automaton: Any) -> set[int]:
+        """Scan the values of a keyword scope (``key`` is (scope, view)) with its automaton:
+        cache the matches and return the ids found (``keyword_ids`` of the scope itself)."""
+        values = self.reader.encoded(*key)
+        find = automaton.find_matches_as_indexes
+        if values is None:
+            found: list[list[Match]] = []
+            ids: set[int] = set()
+        elif len(values) == 1:  # the common case: one pass
+            found = [find(values[0], overlapping=True)]
+            ids = set(map(_FIRST, found[0]))  # (a comprehension is one more call)
+        else:
+            found = [find(v, overlapping=True) for v in values]
+            ids = {m[0] for matches in found for m in matches}
+        self._found[key] = found
+        self.found_ids[key] = ids
+        return ids
 
     def _cut(self, view: View) -> int:
         """Byte length of the subject: where the body starts in ``text`` (after a newline)."""
@@ -109,59 +133,127 @@ class Scan:
             if kw in wanted
         ]
 
-    def regex_matches(self, field: str, view: View) -> frozenset[int]:
+    def regex_matches(self, field: str, view: View) -> Collection[int]:
         """Ids of the field's regexes that match at least one of its values."""
         key = (field, view)
         found = self.found_rx.get(key)
         if found is None:
-            regex_set = self.prog.regex_sets.get(key)
-            values = self.reader.encoded(field, view) if regex_set is not None else None
-            ids: set[int] = set()
-            for value in values or ():
-                ids.update(regex_set.matches(value))  # type: ignore[union-attr]
-            found = self.found_rx[key] = frozenset(ids)
+            found = self._regex_ids(key, self.prog.regex_sets[key])
+        return found
+
+    def _regex_ids(self, key: Key, regex_set: RegexSet) -> Collection[int]:
+        """Run the regex set of ``key`` (field, view) over the field's values; cache the ids."""
+        guard = self.prog.regex_guards.get(key)
+        if guard is not None and guard.isdisjoint(self.regex_matches("text", key[1])):
+            values = None  # none of the subject's regexes matched the text (compiler._guards)
+        else:
+            values = self.reader.encoded(*key)
+        found: Collection[int]
+        if values is None:
+            found = ()
+        elif len(values) == 1:  # the common case: the set's own answer (a short list)
+            found = regex_set.matches(values[0])
+        else:
+            found = {rid for value in values for rid in regex_set.matches(value)}
+        self.found_rx[key] = found
         return found
 
     def candidates(self) -> list[int]:
-        """Indexes of the rules that may match, in file order."""
+        """Entries (``Program``) of the rules that may match, in file order; fills the caches
+        the nodes of those rules read (keyword ids, regex ids, values) on the way."""
         prog, reader = self.prog, self.reader
         found = set(prog.always)
         update = found.update
-        for (scope, view), by_keyword in prog.kw_index.items():
-            ids = self.found_ids.get((scope, view))
-            for kw in self.keyword_ids(scope, view) if ids is None else ids:
+        for key, automaton, by_keyword in prog.kw_index:
+            for kw in self._scope_ids(key, automaton):
                 update(by_keyword[kw])
-        for (field, view), table in prog.rx_index.items():
-            for rid in self.regex_matches(field, view):
-                update(table.get(rid, ()))
-        strings = reader.strings
-        for (field, view), values in prog.val_index.items():
-            for value in strings(field, view) or ():
-                rules = values.get(value)
-                if rules is not None:
-                    update(rules)
-        for field, rules in prog.ex_index.items():
-            if reader.raw(field) is not None:
+        for key, regex_set, by_regex in prog.rx_index:
+            for rid in self._regex_ids(key, regex_set):
+                update(by_regex[rid])
+        facts = reader.facts
+        for field, view, table, memo, get in prog.val_index:
+            values = get(facts)  # the raw values (not cached: only a miss normalises them)
+            if values is None:
+                continue
+            one = values[0] if len(values) == 1 else None
+            rules = memo.get(one) if type(one) is str else None
+            if rules is None:  # normalise and look up (and remember a single string's rules)
+                rules = _value_rules(reader, field, view, table, memo, one)
+            update(rules)
+        raw = reader.raw
+        for field, rules in prog.ex_index:
+            if raw(field) is not None:
                 update(rules)
-        for field, limits in prog.num_index.items():
-            raw = reader.raw(field)
-            numbers = [n for n in map(as_number, raw) if n is not None] if raw else None
-            for (op, limit), rules in limits.items() if numbers else ():
-                compare = COMPARE[op]
-                for n in numbers:  # type: ignore[union-attr]
-                    if compare(n, limit):
-                        update(rules)
-                        break
+        for _, limits, memo, get in prog.num_index:
+            values = get(facts)
+            if values is None:
+                continue
+            one = values[0] if len(values) == 1 else None
+            rules = memo.get(one) if type(one) in _SCALARS else None
+            if rules is None:
+                rules = _number_rules(values, limits, memo, one)
+            update(rules)
         return sorted(found)
+
+
+_FIRST = itemgetter(0)
+_MEMO_SIZE = 4096  # raw values remembered per indexed field (channels, domains, tiers, …)
+
+
+def _value_rules(
+    reader: FieldReader,
+    field: str,
+    view: View,
+    table: Mapping[str, tuple[int, ...]],
+    memo: dict[object, tuple[int, ...]],
+    one: object,
+) -> tuple[int, ...]:
+    """The index entries of the normalised values of ``field``; when its value is ``one``
+    string, remembered in ``memo`` (raw string → entries), as the values of the fields the
+    index looks up (channel, sender domain, tier, headers) recur from message to message:
+    their normalisation was a tenth of an evaluation. The memo belongs to the ``Program``,
+    whose views and scan limit do not change.
+    """
+    rules = tuple(e for value in reader.strings(field, view) or () for e in table.get(value, ()))
+    if type(one) is str:
+        if len(memo) >= _MEMO_SIZE:  # arbitrary values (a header with ids): start over
+            memo.clear()
+        memo[one] = rules
+    return rules
+
+
+_SCALARS = (int, str)  # raw values a memo keys: counts, amounts, numeric strings
+
+
+def _number_rules(
+    values: tuple[object, ...],
+    limits: tuple[Limit, ...],
+    memo: dict[object, tuple[int, ...]],
+    one: object,
+) -> tuple[int, ...]:
+    """The index entries of the limits some number of ``values`` satisfies; when the value
+    is ``one`` int or string, remembered in ``memo`` (``_value_rules``)."""
+    numbers = [n for n in map(as_number, values) if n is not None]
+    rules: tuple[int, ...] = ()
+    for compare, limit, entries in limits if numbers else ():
+        for n in numbers:
+            if compare(n, limit):
+                rules += entries
+                break
+    if type(one) in _SCALARS:
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[one] = rules
+    return rules
 
 
 def _evaluate(ruleset: RuleSet, facts: Facts, explain: bool) -> Decision:
     prog = ruleset.program
     scan = Scan(prog, FieldReader(facts, ruleset.views, ruleset.scan_limit), explain)
-    acc = Accumulator()
     trace: list[RuleTrace] = []
     rules = prog.rules
     if explain:  # every rule, every leaf recorded with its spans
+        acc = Accumulator()
         for compiled in rules:
             rec: list[ConditionTrace] = []
             node = compiled.node
@@ -170,14 +262,23 @@ def _evaluate(ruleset: RuleSet, facts: Facts, explain: bool) -> Decision:
             if matched and acc.fire(compiled.rule):
                 break
         return acc.decision(ruleset, tuple(trace))
-    for index in scan.candidates():  # routine: candidate rules, no leaf trace
-        compiled = rules[index]
-        node = compiled.node
-        matched = node is None or node.test(scan, None)
-        trace.append(compiled.traced[matched])
-        if matched and acc.fire(compiled.rule):
+    fired: list[Effect] = []  # routine: candidate rules, no leaf trace
+    routine = prog.routine
+    last = -1
+    for entry in scan.candidates():  # see ``Program``: a rule's sure entry comes first
+        index = entry >> 1
+        if index == last:  # its other entry: evaluated already
+            continue
+        last = index
+        node, miss, hit, effect, stops = routine[index]
+        if entry & 1 and not node.test(scan, None):
+            trace.append(miss)
+            continue
+        trace.append(hit)
+        fired.append(effect)
+        if stops:
             break
-    return acc.decision(ruleset, tuple(trace))
+    return decide(ruleset, fired, tuple(trace))
 
 
 _new_trace = tuple.__new__  # builds the NamedTuple without its keyword-handling __new__

@@ -4,7 +4,8 @@ The daemon builds ``Facts`` from its ``Message``; ``FieldReader`` turns them int
 condition tests, normalised per view and cached for one evaluation — as strings (``strings``,
 which the naive reference evaluator and the value operators read) and as their UTF-8
 (``encoded``, which the automata and regex sets scan: the UTF-8 of the same strings, made
-without building them — ``Pipeline.encode``; each is computed only when asked for). Both
+without building them — ``Pipeline.encode``, the text's in one piece; each is computed only
+when asked for). Both
 evaluators read fields through here, so they see identical values. An empty string or an
 empty list counts as a missing field.
 """
@@ -14,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Literal
 
-from rules.normalize import View, canonical
+from rules.normalize import Pipeline, View, canonical
 
 Kind = Literal["text", "string", "number", "time"]
 
@@ -97,14 +99,14 @@ def _scalars(node: object) -> tuple[object, ...] | None:
     if node is None or node == "":
         return None
     if isinstance(node, _SEQUENCES):
-        items = tuple(v for v in node if v is not None and v != "")
-        return items or None
+        items = [v for v in node if v is not None and v != ""]
+        return tuple(items) if items else None
     return (node,)
 
 
-def _dotted(root: Mapping[str, object], path: str) -> tuple[object, ...] | None:
+def _dotted(root: Mapping[str, object], parts: tuple[str, ...]) -> tuple[object, ...] | None:
     node: object = root
-    for part in path.split("."):
+    for part in parts:
         if (type(node) is dict or isinstance(node, Mapping)) and part in node:
             node = node[part]  # type: ignore[index]
         elif isinstance(node, _SEQUENCES) and part.isdigit() and int(part) < len(node):
@@ -114,36 +116,42 @@ def _dotted(root: Mapping[str, object], path: str) -> tuple[object, ...] | None:
     return _scalars(node)
 
 
-_DIRECT: dict[str, Callable[[Facts], object]] = {
-    "subject": lambda f: f.subject,
-    "body": lambda f: f.body,
-    "from": lambda f: f.sender,
-    "name": lambda f: f.sender_name,
-    "channel": lambda f: f.channel,
-    "source": lambda f: f.source,
-    "to": lambda f: f.recipients,
+_DIRECT = {  # field → the Facts attribute it reads
+    "subject": "subject",
+    "body": "body",
+    "from": "sender",
+    "name": "sender_name",
+    "channel": "channel",
+    "source": "source",
+    "to": "recipients",
 }
 _ALWAYS: dict[str, Callable[[Facts], tuple[object, ...]]] = {
     "attachments": lambda f: (f.attachments,),
     "received_at": lambda f: (f.received_at,),
 }
 
+Accessor = Callable[[Facts], tuple[object, ...] | None]
+_ACCESSORS: dict[str, Accessor] = {}  # field name → its accessor, resolved once per name
+
 
 def raw_values(facts: Facts, name: str) -> tuple[object, ...] | None:
     """The un-normalised values of field ``name`` (a canonical field name); None if missing."""
+    return accessor(name)(facts)
+
+
+def accessor(name: str) -> Accessor:
+    """The function reading field ``name`` from ``Facts`` (resolved once per name)."""
     get = _ACCESSORS.get(name)
     if get is None:
         if len(_ACCESSORS) > 4096:  # names come from rule files: a few dozen, but be safe
             _ACCESSORS.clear()
         get = _ACCESSORS[name] = _accessor(name)
-    return get(facts)
+    return get
 
 
-def _accessor(name: str) -> Callable[[Facts], tuple[object, ...] | None]:
-    """The function reading field ``name`` from ``Facts`` (resolved once per name)."""
+def _accessor(name: str) -> Accessor:
     if name in _DIRECT:
-        direct = _DIRECT[name]
-        return lambda facts: _scalars(direct(facts))
+        return _direct(attrgetter(_DIRECT[name]))
     if name in _ALWAYS:
         return _ALWAYS[name]
     if name == "text":
@@ -151,12 +159,50 @@ def _accessor(name: str) -> Callable[[Facts], tuple[object, ...] | None]:
     if name == "sender_domain":
         return _sender_domain
     if name.startswith("header."):
-        wanted = name[len("header.") :]
-        return lambda facts: _scalars([v for k, v in facts.headers if k.casefold() == wanted])
+        return _header(name[len("header.") :])
     if name.startswith("fields."):
-        path = name[len("fields.") :]
-        return lambda facts: _dotted(facts.fields, path)
+        parts = tuple(name[len("fields.") :].split("."))
+        if len(parts) == 1:  # the common case: a top-level webhook field
+            return _top_level(parts[0])
+        return lambda facts: _dotted(facts.fields, parts)
     return lambda facts: None
+
+
+def _header(wanted: str) -> Accessor:
+    def read(facts: Facts) -> tuple[object, ...] | None:
+        # _scalars of the list of values, inlined (a loop: a comprehension is one more call)
+        items = []
+        for key, value in facts.headers:
+            if key.casefold() == wanted and value is not None and value != "":
+                items.append(value)
+        return tuple(items) if items else None
+
+    return read
+
+
+def _direct(get: Callable[[Facts], object]) -> Accessor:
+    def read(facts: Facts) -> tuple[object, ...] | None:
+        value = get(facts)
+        if type(value) is str:  # the common case, inlined
+            return (value,) if value else None
+        return _scalars(value)
+
+    return read
+
+
+def _top_level(key: str) -> Accessor:
+    def read(facts: Facts) -> tuple[object, ...] | None:
+        fields = facts.fields
+        if type(fields) is dict or isinstance(fields, Mapping):
+            value = fields.get(key)
+            if type(value) is str:  # the common cases, inlined
+                return (value,) if value else None
+            if type(value) is int:
+                return (value,)
+            return None if value is None else _scalars(value)
+        return _dotted(fields, (key,))  # not a mapping: as the general path decides
+
+    return read
 
 
 def _text(facts: Facts) -> tuple[object, ...] | None:
@@ -166,11 +212,11 @@ def _text(facts: Facts) -> tuple[object, ...] | None:
 
 
 def _sender_domain(facts: Facts) -> tuple[object, ...] | None:
-    domain = facts.sender.rpartition("@")[2] if "@" in facts.sender else ""
-    return _scalars(domain.strip().rstrip(">"))
-
-
-_ACCESSORS: dict[str, Callable[[Facts], tuple[object, ...] | None]] = {}
+    sender = facts.sender
+    if "@" not in sender:
+        return None
+    domain = sender.rpartition("@")[2].strip().rstrip(">")
+    return (domain,) if domain else None
 
 
 _UNSET = object()  # not read yet (None means the field is missing)
@@ -179,7 +225,7 @@ _UNSET = object()  # not read yet (None means the field is missing)
 class FieldReader:
     """Field values of one message, normalised per view and cached for one evaluation."""
 
-    __slots__ = ("_bytes", "_raw", "_strings", "facts", "scan_limit", "views")
+    __slots__ = ("_bytes", "_cuts", "_raw", "_strings", "facts", "scan_limit", "views")
 
     def __init__(
         self, facts: Facts, views: Mapping[View, Callable[[str], str]], scan_limit: int
@@ -188,13 +234,16 @@ class FieldReader:
         self._raw: dict[str, tuple[object, ...] | None] = {}
         self._strings: dict[tuple[str, View], tuple[str, ...] | None] = {}
         self._bytes: dict[tuple[str, View], tuple[bytes, ...] | None] = {}
+        self._cuts: dict[View, int] | None = None  # view → the subject's length in the text
 
     def raw(self, name: str) -> tuple[object, ...] | None:
         """Un-normalised values (for exists, numbers and time)."""
-        value = self._raw.get(name, _UNSET)
-        if value is _UNSET:
-            value = self._raw[name] = raw_values(self.facts, name)
-        return value  # type: ignore[return-value]
+        cache = self._raw
+        if name in cache:
+            return cache[name]
+        get = _ACCESSORS[name] if name in _ACCESSORS else accessor(name)
+        value = cache[name] = get(self.facts)
+        return value
 
     def strings(self, name: str, view: View) -> tuple[str, ...] | None:
         """Normalised string values; ``text`` is normalised subject + "\\n" + normalised body."""
@@ -222,7 +271,8 @@ class FieldReader:
     def encoded(self, name: str, view: View) -> tuple[bytes, ...] | None:
         """UTF-8 of ``strings(name, view)``: what the automata and regex sets scan.
 
-        ``text`` is joined from the encoded subject and body, without building its string.
+        ``text`` is normalised in one piece when it may be (``_joined``), the subject's and
+        the body's UTF-8 then cut from it; else joined from theirs.
         """
         key = (name, view)
         cached = self._bytes.get(key, _UNSET)
@@ -230,11 +280,16 @@ class FieldReader:
             return cached  # type: ignore[return-value]
         value: tuple[bytes, ...] | None
         if name == "text":
-            subject, body = self.encoded("subject", view), self.encoded("body", view)
-            if subject is None and body is None:
-                value = None
-            else:
-                value = ((subject or (b"",))[0] + b"\n" + (body or (b"",))[0],)
+            value = self._joined(view)  # type: ignore[assignment]
+            if value is _UNSET:
+                subject, body = self.encoded("subject", view), self.encoded("body", view)
+                if subject is None and body is None:
+                    value = None
+                else:
+                    value = ((subject or (b"",))[0] + b"\n" + (body or (b"",))[0],)
+        elif name == "body" and self._cuts is not None and view in self._cuts:
+            text = self._bytes[("text", view)]
+            value = (text[0][self._cuts[view] + 1 :],) if self._raw["body"] else None  # type: ignore[index]
         else:
             raw = self.raw(name)
             one = raw[0] if raw is not None and len(raw) == 1 else None
@@ -245,6 +300,37 @@ class FieldReader:
                 value = self._normalised(name, view, encode=True)  # type: ignore[assignment]
         self._bytes[key] = value
         return value
+
+    def _joined(self, view: View) -> tuple[bytes, ...] | object | None:
+        """``encoded("text", view)`` normalised in one piece, the subject's UTF-8 cut from it;
+        ``_UNSET`` when that may differ from normalising subject and body apart.
+
+        One normalisation instead of two (a short subject costs nearly as much as a long body:
+        a dozen calls) and no join of the bytes. NFKC and casefold map no character but a
+        newline itself to one (tests/rules/test_properties.py), nor compose anything across
+        it, so the text's first newline ends the subject when the subject holds none; OpenCC's
+        t2s converts phrases, which a newline may not end: not with t2s.
+        """
+        norm = self.views[view]
+        if not isinstance(norm, Pipeline) or norm.t2s is not None:
+            return _UNSET
+        first, rest = self.facts.subject, self.facts.body
+        if type(first) is not str or type(rest) is not str or "\n" in first:
+            return _UNSET
+        limit = self.scan_limit
+        if len(first) > limit or len(rest) > limit:
+            return _UNSET
+        raw = self._raw  # raw("subject"), raw("body"): strings, None when empty
+        raw["subject"], raw["body"] = (first,) if first else None, (rest,) if rest else None
+        if not first and not rest:
+            return None
+        data = norm.encode("\n".join((first, rest)))
+        cut = data.index(b"\n")
+        self._bytes[("subject", view)] = (data[:cut],) if first else None
+        if self._cuts is None:
+            self._cuts = {}
+        self._cuts[view] = cut  # the body's UTF-8 is cut when asked for (seldom)
+        return (data,)
 
     def _normalised(
         self, name: str, view: View, *, encode: bool = False

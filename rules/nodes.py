@@ -3,7 +3,10 @@
 Each node has ``test(scan, rec)``, which reads the per-message ``Scan`` (keyword hits from
 the shared automata, regex-set results, normalised values) and appends a ``ConditionTrace``
 per evaluated leaf to ``rec``; and ``triggers()``, the atoms at least one of which must be
-satisfied for the node to be true (None when there is no such set) — the rule index.
+satisfied for the node to be true (None when there is no such set) — the rule index. Each
+atom also says whether it is *sure*: whether its being satisfied is enough for the node to
+be true (a ``text`` contains_any keyword, a regex, an equals/in value, gt…, exists: true —
+also inside ``any``): a rule the index selects through a sure atom matched, without a test.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from rules.normalize import View, as_number, boundary_ok_bytes, char_offset
 if TYPE_CHECKING:
     from rules.engine import Hit, Scan
 
-Trigger = tuple[str, tuple[str, View] | str, Any]  # (kind, key, atom)
+Trigger = tuple[str, tuple[str, View] | str, Any, bool]  # (kind, key, atom, sure)
+Weigh = Callable[[Trigger], float]  # how often an atom is expected to be satisfied
 _RANK = {"kw": 0, "rx": 1, "val": 2, "num": 3, "ex": 3}
+
+
+def _each(trigger: Trigger) -> float:
+    return 1.0
+
+
 _MAX_SPANS = 16
 _new_trace = _new_span = tuple.__new__  # builds NamedTuples without keyword handling
 COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -67,7 +77,7 @@ class LeafNode:
             )
         return ok
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         return None
 
 
@@ -127,12 +137,15 @@ class KeywordNode(LeafNode):
             spans.append(Span(field, chars, chars + len(keyword), keyword))
         return tuple(spans)
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         key = (self.scope, self.view)
         if self.every:  # one keyword is required: take the longest (likely the rarest)
             longest = max(self.ids, key=lambda k: len(self.keywords[k]))
-            return [("kw", key, longest)]
-        return [("kw", key, k) for k in self.ids]
+            return [("kw", key, longest, False)]
+        # not sure: subject/body keywords are found by the whole text's scan (a hit may be in
+        # the other part), and ascii_word hits may fail the boundary test
+        sure = self.field == self.scope and not self.word
+        return [("kw", key, k, sure) for k in self.ids]
 
 
 class RegexNode(LeafNode):
@@ -166,8 +179,8 @@ class RegexNode(LeafNode):
                 )
         return self.record(rec, ok, tuple(spans))
 
-    def triggers(self) -> list[Trigger] | None:
-        return [("rx", (self.field, self.view), self.rid)]
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+        return [("rx", (self.field, self.view), self.rid, True)]
 
 
 class ValueNode(LeafNode):
@@ -182,9 +195,9 @@ class ValueNode(LeafNode):
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         values = scan.reader.strings(self.field, self.view) or ()
-        if len(values) == 1 and values[0] not in self.values:  # the common case: one value
-            if rec is None:
-                return self.negate
+        if len(values) == 1 and rec is None:  # the common case: one value, no trace
+            return (values[0] in self.values) != self.negate
+        if len(values) == 1 and values[0] not in self.values:
             return self.record(rec, self.negate, ())
         found = [i for i, v in enumerate(values) if v in self.values]
         ok = bool(found) != self.negate
@@ -196,10 +209,10 @@ class ValueNode(LeafNode):
             )
         return self.record(rec, ok, spans)
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         if self.negate:
             return None
-        return [("val", (self.field, self.view), v) for v in sorted(self.values)]
+        return [("val", (self.field, self.view), v, True) for v in sorted(self.values)]
 
 
 class AffixNode(LeafNode):
@@ -220,8 +233,8 @@ class AffixNode(LeafNode):
             ok = any(v.endswith(self.affixes) for v in values)
         return self.record(rec, ok, ())
 
-    def triggers(self) -> list[Trigger] | None:
-        return [("ex", self.field, None)]  # a missing field starts and ends with nothing
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+        return [("ex", self.field, None, False)]  # a missing field starts and ends with nothing
 
 
 class ExistsNode(LeafNode):
@@ -233,8 +246,8 @@ class ExistsNode(LeafNode):
         ok = (scan.reader.raw(self.field) is not None) == self.leaf.value
         return self.record(rec, ok, ())
 
-    def triggers(self) -> list[Trigger] | None:
-        return [("ex", self.field, None)] if self.leaf.value else None
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+        return [("ex", self.field, None, True)] if self.leaf.value else None
 
 
 class NumberNode(LeafNode):
@@ -256,10 +269,10 @@ class NumberNode(LeafNode):
                 break
         return ok if rec is None else self.record(rec, ok, ())
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         if self.leaf.op == "between":  # a value >= low is needed: the index tests that
-            return [("num", self.field, ("gte", self.limit[0]))]  # type: ignore[index]
-        return [("num", self.field, (self.leaf.op, self.limit))]
+            return [("num", self.field, ("gte", self.limit[0]), False)]  # type: ignore[index]
+        return [("num", self.field, (self.leaf.op, self.limit), True)]
 
 
 class TimeNode(LeafNode):
@@ -293,11 +306,21 @@ class AllNode:
                 return False
         return True
 
-    def triggers(self) -> list[Trigger] | None:
-        options: list[list[Trigger]] = [t for c in self.children if (t := c.triggers()) is not None]
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+        """The atoms of one child: the rarest kind (keywords before regexes before values
+        before numbers), then the fewest expected hits (``weigh``)."""
+        if len(self.children) == 1:
+            return self.children[0].triggers(weigh)  # type: ignore[no-any-return]
+        options: list[list[Trigger]] = [
+            t for c in self.children if (t := c.triggers(weigh)) is not None
+        ]
         if not options:
             return None
-        return min(options, key=lambda ts: (max((_RANK[t[0]] for t in ts), default=0), len(ts)))
+        best = min(
+            options,
+            key=lambda ts: (max((_RANK[t[0]] for t in ts), default=0), sum(map(weigh, ts))),
+        )
+        return [(kind, key, atom, False) for kind, key, atom, _ in best]  # others must hold too
 
 
 class AnyNode:
@@ -316,10 +339,10 @@ class AnyNode:
                 return True
         return False
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         out: list[Trigger] = []
         for child in self.children:
-            found = child.triggers()
+            found = child.triggers(weigh)
             if found is None:
                 return None
             out.extend(found)
@@ -337,5 +360,5 @@ class NotNode:
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         return not self.child.test(scan, rec)
 
-    def triggers(self) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
         return None

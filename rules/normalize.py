@@ -10,7 +10,8 @@ string form of a literal or field value.
 Per message this is the costliest step after the scans, so it has exact fast paths (checked
 against the plain definitions by tests/rules/test_properties.py): ``fast_nfkc`` replaces the
 full-width punctuation of Chinese text instead of running NFKC over every character, and
-``Pipeline.encode`` casefolds on the UTF-8 bytes when no character needs more than A–Z → a–z.
+``Pipeline.encode`` casefolds on the UTF-8 bytes when no character needs more than A–Z → a–z;
+for Chinese and English text it checks both at once on the UTF-8 (``plain_utf8``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class Pipeline:
 
     def encode(self, text: str) -> bytes:
         """UTF-8 of ``self(text)``."""
+        if text.isascii():  # English: NFKC and t2s change nothing, casefold is A–Z → a–z
+            return text.encode().lower() if self.casefold else text.encode()
+        if self.nfkc and self.t2s is None:  # Chinese and English text: see ``plain_utf8``
+            text = common_forms(text)  # (its NFKC is the text's: fast_nfkc)
+            plain = plain_utf8(text)
+            if plain is not None:
+                return plain.lower() if self.casefold else plain
         text = self._case(text)
         try:
             data = text.encode()
@@ -77,6 +85,39 @@ class Pipeline:
         if not self.casefold:
             return data
         return data.decode().casefold().encode() if needs_casefold(data) else data.lower()
+
+
+# UTF-8 bytes of ASCII, of continuation bytes and the leads E4–E9 of U+4000–U+9FFF (CJK
+# Extension A and Unified Ideographs): none of those characters is changed by NFKD or by
+# casefold, has a combining class or composes with the character before it, so a text of
+# them (and of ``_MARKS``) is NFKC-normalised and casefolds as ``bytes.lower()`` folds its
+# UTF-8. Checked against the Unicode data by tests/rules/test_properties.py.
+_PLAIN_BYTES = bytes([*range(0xC0), *range(0xE4, 0xEA)])
+# Characters outside those ranges that are as plain, common in Chinese and English text:
+# 。、 (lead E3) and ’ ‘ “ ” — – (lead E2), each with its lead byte.
+_MARKS = tuple((mark, mark.encode()[0]) for mark in "。、’‘“”—–")
+
+
+def plain_utf8(text: str) -> bytes | None:
+    """The UTF-8 of ``text`` when NFKC leaves ``text`` alone and casefold changes nothing in
+    it but A–Z (ASCII, CJK ideographs, ``_MARKS``); None when that is not sure.
+
+    Per message this replaces NFKC's quick check (a Unicode-data lookup per character) and
+    ``needs_casefold`` with one ``bytes.translate`` that keeps the lead bytes of the other
+    characters, and a count of the marks among them when there are some.
+    """
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # lone surrogates: the general path replaces them
+        return None
+    others = data.translate(None, _PLAIN_BYTES)  # one lead byte per character not plain
+    left = len(others)
+    for mark, lead in _MARKS:
+        if not left:
+            break
+        if lead in others:
+            left -= text.count(mark)
+    return None if left else data
 
 
 # UTF-8 lead bytes of the non-ASCII characters that casefold changes (Latin letters with
@@ -133,6 +174,14 @@ _ASCII_FORMS_RE = re.compile("[" + "".join(re.escape(ch) for ch in _ASCII_FORMS)
 _COMMON_FORMS = tuple((ch, _ASCII_FORMS[ch]) for ch in "，：！？（）；　")  # Chinese punctuation
 
 
+def common_forms(text: str) -> str:
+    """``text`` with the full-width punctuation of Chinese text replaced by its ASCII
+    decomposition (which changes nothing in its NFKC form)."""
+    for ch, plain in _COMMON_FORMS:  # no ``ch in text`` first: that would scan twice
+        text = text.replace(ch, plain)  # (a replace that finds nothing returns ``text``)
+    return text
+
+
 def fast_nfkc(text: str) -> str:
     """Exactly ``unicodedata.normalize("NFKC", text)``, several times faster on Chinese text.
 
@@ -144,9 +193,7 @@ def fast_nfkc(text: str) -> str:
     """
     if unicodedata.is_normalized("NFKC", text):
         return text
-    for ch, plain in _COMMON_FORMS:
-        if ch in text:
-            text = text.replace(ch, plain)
+    text = common_forms(text)
     if unicodedata.is_normalized("NFKC", text):
         return text
     for ch in set(_ASCII_FORMS_RE.findall(text)):
@@ -218,13 +265,29 @@ def char_offset(hay: bytes, index: int, start: int = 0) -> int:
     return index - start - len(hay[start:index].translate(None, _NOT_CONTINUATION))
 
 
+# byte → whether it is an ASCII word character (letter, digit, ``_``); bytes ≥ 0x80 are not
+_ASCII_WORD = bytes(int(chr(b).isalnum() or chr(b) == "_") if b < 0x80 else 0 for b in range(256))
+
+
 def boundary_ok_bytes(hay: bytes, start: int, end: int) -> bool:
-    """``boundary_ok`` for a hit at byte offsets of UTF-8 text (the automata scan bytes)."""
-    if start > 0 and is_word_char(_char_at(hay, start)) and is_word_char(_char_before(hay, start)):
-        return False
-    return not (
-        end < len(hay) and is_word_char(_char_before(hay, end)) and is_word_char(_char_at(hay, end))
-    )
+    """``boundary_ok`` for a hit at byte offsets of UTF-8 text (the automata scan bytes).
+
+    Where both bytes at an edge are ASCII (English text), they are looked up in a table;
+    elsewhere the characters around the edge are decoded.
+    """
+    if start > 0:
+        inside, outside = hay[start], hay[start - 1]
+        if inside < 0x80 and outside < 0x80:
+            if _ASCII_WORD[inside] and _ASCII_WORD[outside]:
+                return False
+        elif is_word_char(_char_at(hay, start)) and is_word_char(_char_before(hay, start)):
+            return False
+    if end < len(hay):
+        inside, outside = hay[end - 1], hay[end]
+        if inside < 0x80 and outside < 0x80:
+            return not (_ASCII_WORD[inside] and _ASCII_WORD[outside])
+        return not (is_word_char(_char_before(hay, end)) and is_word_char(_char_at(hay, end)))
+    return True
 
 
 def is_short_keyword(keyword: str) -> bool:
@@ -255,6 +318,8 @@ def canonical(value: object) -> str | None:
 
 def as_number(value: object) -> float | None:
     """The number a value compares as for ``gt``/``lt``, or None (strings are parsed)."""
+    if type(value) is int:  # the common case (amounts, attachments), before the bool test
+        return float(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

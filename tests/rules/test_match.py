@@ -464,3 +464,83 @@ def test_raw_is_not_t2s_converted() -> None:
     ruleset = load(rules, "settings: {normalize: {chinese: t2s}}\n")
     assert decide(ruleset, message(subject="申請退款")).team == "billing"
     assert decide(ruleset, message(subject="申请退款")).team == "triage"
+
+
+PARTS = """
+- id: subject
+  when: {subject: {contains_any: [refund, 退款]}}
+  set: {tags: [subject]}
+- id: body
+  when: {body: {contains: refund}}
+  set: {tags: [body]}
+- id: both
+  when: {all: [{subject: {contains: hello}}, {body: {contains: refund}}]}
+  set: {tags: [both]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "tags"),
+    [
+        ("refund", "", ("subject",)),
+        ("hello", "refund please", ("body", "both")),
+        ("hello refund", "no", ("subject",)),
+        ("", "退款 refund", ("body",)),
+        ("退款", "refund", ("subject", "body")),
+    ],
+)
+def test_subject_and_body_keywords_are_told_apart(subject: str, body: str, tags: tuple) -> None:
+    """The text's automaton scans subject and body apart: a hit is the field's own."""
+    assert decide(load(PARTS), message(subject=subject, body=body)).tags == tags
+
+
+def test_keyword_spanning_subject_and_body() -> None:
+    """A keyword with a newline may span the one joining subject and body in ``text``: the
+    text is then scanned whole and subject/body keywords are sorted out of its hits."""
+    rules = (
+        PARTS
+        + """
+- id: span
+  when: {text: {contains: "hello\\nrefund"}}
+  set: {tags: [span]}
+"""
+    )
+    ruleset = load(rules)
+    assert decide(ruleset, message(subject="hello", body="refund")).tags == ("body", "both", "span")
+    assert decide(ruleset, message(subject="refund", body="hello")).tags == ("subject",)
+
+
+SUBJECT_REGEXES = r"""
+- id: text
+  when: {text: {regex: 'invoice\s*#\d+'}}
+  set: {tags: [text]}
+- id: word-end
+  when: {subject: {regex: 'down\b'}}
+  set: {tags: [word-end]}
+- id: start
+  when: {subject: {regex: '^re:'}}
+  set: {tags: [start]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("rules", "subject", "body", "tags"),
+    [
+        (SUBJECT_REGEXES, "site down", "load it", ("word-end",)),
+        (SUBJECT_REGEXES, "download", "", ()),
+        (SUBJECT_REGEXES, "Re: invoice #12", "", ("text", "start")),
+        (SUBJECT_REGEXES, "hello", "re: down", ()),
+        (
+            SUBJECT_REGEXES + "- {id: end, when: {subject: {regex: 'ok$'}}, set: {tags: [end]}}\n",
+            "ok",
+            "ok",
+            ("end",),
+        ),
+    ],
+)
+def test_subject_regexes_guarded_by_the_text_set(
+    rules: str, subject: str, body: str, tags: tuple
+) -> None:
+    """Subject regexes also run in the text's set: the subject's runs only when one of them
+    matched the text (with a ``$``, which looks past the subject, always)."""
+    assert decide(load(rules), message(subject=subject, body=body)).tags == tags

@@ -16,19 +16,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules.engine import evaluate
+from rules.fields import FieldReader
 from rules.loader import RuleSet, load_text
 from rules.naive import evaluate_naive
 from rules.normalize import (
+    _MARKS,
+    _PLAIN_BYTES,
     Normalizer,
     boundary_ok,
     boundary_ok_bytes,
     char_offset,
     fast_nfkc,
     needs_casefold,
+    plain_utf8,
 )
 from tests.rules.helpers import message
 
 KEYWORDS = ["退款", "退", "申请退款", "refund", "down", "download", "VIP", "Ｒefund", "no refund"]
+KEYWORDS += ["!\n我要"]  # spans subject and body in ``text`` (the engine scans it whole then)
 PIECES = [
     *KEYWORDS,
     "我要",
@@ -269,6 +274,7 @@ _RULES = _load(
 
 TRICKY = (
     "aZ ßſ退款帳號，：！？（）；　ＲＥＦＵＮＤ①ﬁ…\u00a0\u0301\u0308e\u212aK\u2160Ⓐµ“”·¥Σςİǅᏸꭰ\ud800"
+    "。、’‘—–か\u3099\u1100\u1161㐀"  # marks, a kana and a Hangul jamo that compose, CJK ext. A
 )
 tricky_text = st.text(alphabet=st.sampled_from(TRICKY), max_size=40) | st.text(max_size=40)
 
@@ -284,6 +290,62 @@ def test_fast_nfkc_is_nfkc(text: str) -> None:
 def test_pipeline_bytes_are_the_utf8_of_its_text(text: str, nfkc: bool, casefold: bool) -> None:
     for pipeline in Normalizer(nfkc, casefold).build().values():
         assert pipeline.encode(text) == pipeline(text).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(tricky_text, tricky_text, st.booleans())
+def test_text_normalised_whole_is_its_parts_normalised(
+    subject: str, body: str, casefold: bool
+) -> None:
+    """``FieldReader`` normalises subject + newline + body in one piece (``_joined``)."""
+    views = Normalizer(True, casefold).build()
+    reader = FieldReader(message(subject=subject, body=body), views, 1 << 20)
+    parts = [views["fold"].encode(part) for part in (subject, body)]
+    expected = (parts[0] + b"\n" + parts[1],) if subject or body else None
+    assert reader.encoded("text", "fold") == expected
+    assert reader.encoded("subject", "fold") == ((parts[0],) if subject else None)
+    assert reader.encoded("body", "fold") == ((parts[1],) if body else None)
+
+
+def test_no_character_but_a_newline_normalises_to_one() -> None:
+    """Why ``FieldReader`` may cut the subject off the text at its first newline."""
+    makes_newline = [
+        hex(code)
+        for code in range(0x110000)
+        if code != 0x0A
+        and not 0xD800 <= code <= 0xDFFF
+        and "\n" in unicodedata.normalize("NFKC", chr(code)).casefold()
+    ]
+    assert makes_newline == []
+
+
+def _composition_trailers() -> set[str]:
+    """Characters that canonical composition may merge into the character before them."""
+    out = {chr(c) for c in (*range(0x1161, 0x1176), *range(0x11A8, 0x11C3))}  # Hangul V, T
+    for code in range(0x110000):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            out.add(chr(int(parts[1], 16)))
+    return out
+
+
+def test_plain_characters_are_left_alone_by_nfkc_and_casefold() -> None:
+    """What ``plain_utf8`` lets through: characters NFKD leaves alone, without a combining
+    class, that compose with nothing before them and that casefold keeps (ASCII: A–Z only)."""
+    trailers = _composition_trailers()
+    every = (chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    plain = [ch for ch in every if ch.encode()[0] in _PLAIN_BYTES]  # translate deletes them
+    assert len(plain) == 128 + 0x6000  # ASCII and U+4000–U+9FFF (leads E4–E9), no more
+    marks = [mark for mark, lead in _MARKS if mark.encode()[0] == lead]
+    assert len(marks) == len(_MARKS)
+    for ch in plain + marks:
+        assert unicodedata.normalize("NFKD", ch) == ch, hex(ord(ch))
+        assert unicodedata.combining(ch) == 0, hex(ord(ch))
+        assert ch not in trailers, hex(ord(ch))
+        assert ch.casefold() == (ch.lower() if ch.isascii() else ch), hex(ord(ch))
+    assert plain_utf8("退款。“refund”") == "退款。“refund”".encode()
+    assert plain_utf8("か\u3099") is None  # composes into が
+    assert plain_utf8("ＲＥＦＵＮＤ") is None
 
 
 def test_bytes_casefold_shortcut_covers_every_code_point() -> None:
