@@ -15,8 +15,8 @@ Printed, each as a ratio to the bare aiohttp handler measured in the same run:
     beside it, for both backends, delivery alone: the daemon restarted with workers on the
     queue (a) filled, messages delivered per second until it is empty (what the workers can
     do when they do not share the process with ingest);
-(c) ingest-to-delivery latency p50/p99 at a paced load (the Maildir file's ctime, which
-    its rename into ``new/`` sets, minus the id's millisecond timestamp), beside the bare
+(c) ingest-to-delivery latency p50/p99 at a paced load (the time of the daemon's
+    ``message.routed`` log line minus the id's millisecond timestamp), beside the bare
     handler's request latency at the same pace.
 
 One daemon is one process: ingest and delivery share one core's worth of Python (the GIL);
@@ -42,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -93,9 +94,10 @@ def cpu_s(pid: int) -> float:
 
 @contextmanager
 def daemon(
-    workdir: Path, queue: str, workers: int, redis_url: str | None
+    workdir: Path, queue: str, workers: int, redis_url: str | None, log: Path | None = None
 ) -> Iterator[tuple[int, int]]:
-    """A daemon on ``workdir`` (state kept between runs on the same one): (port, pid)."""
+    """A daemon on ``workdir`` (state kept between runs on the same one): (port, pid).
+    With ``log``, it logs at info level (JSON lines) to that file."""
     port, admin = free_port(), free_port()
     config = write_config(
         workdir,
@@ -105,13 +107,20 @@ def daemon(
         admin_port=admin,
         dispatcher={"workers": workers},
     )
-    proc = subprocess.Popen([sys.executable, "-m", "router", "run", "-c", str(config)], cwd=REPO)
+    out = None
+    if log is not None:
+        config.write_text(config.read_text().replace("level: warning", "level: info"))
+        out = log.open("w")
+    command = [sys.executable, "-m", "router", "run", "-c", str(config)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=out)
     try:
         wait_port(admin, "/healthz")
         yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait()
+        if out is not None:
+            out.close()
 
 
 def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
@@ -138,14 +147,17 @@ def count_files(root: Path) -> int:
     return sum(len(os.listdir(d / "new")) for d in root.iterdir() if not d.name.startswith("."))
 
 
-def latencies_ms(root: Path) -> list[float]:
-    """Per delivered file: its ctime (set by the rename into new/; the mtime is the earlier
-    write into tmp/) minus the ULID's millisecond timestamp."""
+def latencies_ms(log: Path) -> list[float]:
+    """Per routed message: the time of its ``message.routed`` log line (written once every
+    target has it and the queue entry is settled; microseconds) minus the ULID's millisecond
+    timestamp (taken when the request was read). File times are no use here: ext4 stamps them
+    from a clock that advances every few milliseconds."""
     found = []
-    for team in (d for d in root.iterdir() if not d.name.startswith(".")):
-        for entry in os.scandir(team / "new"):
-            ulid = ULID.from_str(entry.name.split(".")[0])
-            found.append(entry.stat().st_ctime * 1000 - ulid.milliseconds)
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") == "message.routed":
+            routed = datetime.fromisoformat(entry["timestamp"]).timestamp() * 1000
+            found.append(routed - ULID.from_str(entry["message_id"]).milliseconds)
     return found
 
 
@@ -206,11 +218,12 @@ def main() -> None:
             e2e_rate = e2e["ok"] / (time.monotonic() - t0)
             e2e["cpu_ms"] = (cpu_s(pid) - cpu0) / e2e["ok"] * 1000
         root = work / "lat" / "state" / "maildir"
-        with daemon(work / "lat", "sqlite", 8, None) as (port, _):
+        log = work / "lat.log"
+        with daemon(work / "lat", "sqlite", 8, None, log) as (port, _):
             asyncio.run(paced(port, args.rate, 5))
             while count_files(root) < args.rate * 5:
                 time.sleep(0.05)
-            lat = latencies_ms(root)
+        lat = latencies_ms(log)
     report(bare, results, drain, e2e_rate, e2e, lat, bare_lat, args)
 
 
