@@ -192,8 +192,8 @@ def _report_size(
     print(
         f"  naive           {naive:>8,.0f} msg/s  ({len(subset)} messages; same decisions: {same})"
     )
-    print(f"  bare str scan   {str_rate:>8,.0f} msg/s  engine/bare {ratio:.2f}x")
-    print(f"  bare bytes scan {bytes_rate:>8,.0f} msg/s  engine/bare {ratio_bytes:.2f}x")
+    print(f"  bare str scan   {str_rate:>8,.0f} msg/s  engine/bare {ratio:.3f}x")
+    print(f"  bare bytes scan {bytes_rate:>8,.0f} msg/s  engine/bare {ratio_bytes:.3f}x")
     ok_rate, ok_ratio, ok_p99 = rate >= TARGET_RATE, ratio >= TARGET_RATIO, p99 <= TARGET_P99_MS
     print(f"  targets: ≥ {TARGET_RATE:,} msg/s {_mark(ok_rate)}; ≥ {TARGET_RATIO}x bare str scan "
           f"{_mark(ok_ratio)}; p99 ≤ {TARGET_P99_MS:g} ms {_mark(ok_p99)}")  # fmt: skip
