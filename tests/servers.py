@@ -1,4 +1,5 @@
-"""Private test servers on free ports in temp dirs; never the machine's own services."""
+"""Private test servers on free ports in temp dirs; never the machine's own services.
+And ``Openers``, which the backend contract suites use to open and close what they test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import redis
 
@@ -57,3 +59,30 @@ def redis_server(directory: Path) -> Iterator[str]:
         client.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+class Openers(Generic[C]):
+    """Opens backends (queues, stores) of one kind — ``sqlite`` on ``state_dir`` or ``redis``
+    at ``redis_url`` — for a contract suite parametrized over both; closes them at teardown."""
+
+    def __init__(self, kind: str, state_dir: Path, redis_url: str) -> None:
+        self.kind = kind
+        self.state_dir = state_dir
+        self.redis_url = redis_url
+        self.opened: list[C] = []
+
+    def track(self, opened: C) -> C:
+        """Remember ``opened`` for ``close_all``; return it."""
+        self.opened.append(opened)
+        return opened
+
+    async def close_all(self) -> None:
+        for opened in self.opened:
+            await opened.close()

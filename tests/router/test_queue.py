@@ -26,7 +26,7 @@ from router.message import Attachment, Message, Sender, Thread
 from router.queue import Lease, Queue, QueueStats, open_queue
 from router.queue.redis import RedisQueue
 from router.queue.sqlite import SqliteQueue
-from tests.servers import free_port, redis_server
+from tests.servers import Openers, free_port, redis_server
 
 PREFIX = "test:"
 GUARD_S = 15.0  # hang-guard only: far above any expected wait
@@ -61,14 +61,8 @@ def message(text: str = "你好，我的订单还没到", **changes: object) -> 
     return base.model_copy(update=changes)
 
 
-class Backend:
+class Backend(Openers[Queue]):
     """Opens queues of one kind on one state dir / Redis; closes them all at teardown."""
-
-    def __init__(self, kind: str, state_dir: Path, redis_url: str) -> None:
-        self.kind = kind
-        self.state_dir = state_dir
-        self.redis_url = redis_url
-        self.opened: list[Queue] = []
 
     async def open(
         self,
@@ -90,12 +84,7 @@ class Backend:
             dedupe_window_s=dedupe_window_s,
             admin=admin,
         )
-        self.opened.append(queue)
-        return queue
-
-    async def close_all(self) -> None:
-        for queue in self.opened:
-            await queue.close()
+        return self.track(queue)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,7 +14,7 @@ from router.errors import QueueUnavailable, StateLocked
 from router.message import Message, Sender
 from router.store import Store, open_store
 from router.store.sqlite import SqliteStore
-from tests.servers import free_port
+from tests.servers import Openers, free_port
 
 PREFIX = "test:"
 
@@ -46,14 +46,8 @@ def decision(team: str = "billing") -> dict[str, Any]:
     }
 
 
-class Stores:
+class Stores(Openers[Store]):
     """Opens stores of one kind; closes them all at teardown."""
-
-    def __init__(self, kind: str, state_dir: Path, redis_url: str) -> None:
-        self.kind = kind
-        self.state_dir = state_dir
-        self.redis_url = redis_url
-        self.opened: list[Store] = []
 
     async def open(self, *, retention_s: float = 86400.0, max_recent: int = 1000) -> Store:
         store = await open_store(
@@ -64,12 +58,7 @@ class Stores:
             retention_s=retention_s,
             max_recent=max_recent,
         )
-        self.opened.append(store)
-        return store
-
-    async def close_all(self) -> None:
-        for store in self.opened:
-            await store.close()
+        return self.track(store)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

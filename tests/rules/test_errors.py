@@ -312,17 +312,22 @@ WARNINGS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("extra", "rules", "expected"), [pytest.param(*w[1:], id=w[0]) for w in WARNINGS]
-)
-def test_warning_position_and_text(extra: str, rules: str, expected: str) -> None:
-    text = (
+def _two_teams(extra: str, rules: str) -> str:
+    """A rule file with teams triage and billing, ``extra`` sections and ``rules``."""
+    return (
         "version: 1\nteams: {triage: {inbox: [x]}, billing: {inbox: [x]}}\n"
         "defaults: {team: triage, category: general, priority: medium}\n"
         + extra
         + "rules:\n"
         + rules
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "rules", "expected"), [pytest.param(*w[1:], id=w[0]) for w in WARNINGS]
+)
+def test_warning_position_and_text(extra: str, rules: str, expected: str) -> None:
+    text = _two_teams(extra, rules)
     assert expected in [str(w) for w in load_text(text, "rules.yaml").warnings]
 
 
@@ -349,13 +354,7 @@ def test_warning_position_and_text(extra: str, rules: str, expected: str) -> Non
     ],
 )
 def test_no_warning(extra: str, rules: str) -> None:
-    text = (
-        "version: 1\nteams: {triage: {inbox: [x]}, billing: {inbox: [x]}}\n"
-        "defaults: {team: triage, category: general, priority: medium}\n"
-        + extra
-        + "rules:\n"
-        + rules
-    )
+    text = _two_teams(extra, rules)
     codes = {w.code for w in load_text(text, "rules.yaml").warnings}
     assert not codes & {"W210", "W302", "W303"}
 
