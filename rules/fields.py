@@ -134,11 +134,6 @@ Accessor = Callable[[Facts], tuple[object, ...] | None]
 _ACCESSORS: dict[str, Accessor] = {}  # field name → its accessor, resolved once per name
 
 
-def raw_values(facts: Facts, name: str) -> tuple[object, ...] | None:
-    """The un-normalised values of field ``name`` (a canonical field name); None if missing."""
-    return accessor(name)(facts)
-
-
 def accessor(name: str) -> Accessor:
     """The function reading field ``name`` from ``Facts`` (resolved once per name)."""
     get = _ACCESSORS.get(name)
