@@ -1,11 +1,21 @@
-"""SQLite files owned by this process: one lock, one connection on one thread, group commit.
+"""SQLite files owned by this process: one lock, one connection, group commit.
 
 Place in the flow: the embedded queue (``router/queue/sqlite.py``) and the ticket-state store
-(``router/store/sqlite.py``) each own one :class:`SqliteFile`. SQLite never runs on the event
-loop. Writes go through :meth:`SqliteFile.write`: every write waiting at one moment runs in
-one transaction — one ``COMMIT`` (and one fsync when any of them asks for durability) for all
-workers instead of one each, which is what lets settle throughput grow with the number of
-workers. Each write has its own savepoint, so one failing statement fails only its caller.
+(``router/store/sqlite.py``) each own one :class:`SqliteFile`. Writes go through
+:meth:`SqliteFile.write`: every write waiting at one moment runs in one transaction — one
+``COMMIT`` (and one fsync when any of them asks for durability) for all workers instead of one
+each, which is what lets settle throughput grow with the number of workers. Each write has its
+own savepoint, so one failing statement fails only its caller.
+
+Where SQLite runs: a batch that asks for no fsync (claims, acks, the delivery log) runs on the
+event loop — its statements touch only the page cache, some tens of microseconds, and a thread
+hop per batch cost more than that: the thread's every ``sqlite3_step`` gave the GIL up and took
+it back against the loop (futex calls, a third of the daemon's CPU at load). It never waits on
+the disk or on another process there: no automatic checkpoint (``wal_autocheckpoint`` is off on
+the loop) and no busy wait (a write lock held by another process, a ``triaged dead-letters``
+command, sends the batch to the thread). Durable batches, reads (:meth:`SqliteFile.run`) and
+every ``_THREAD_EVERY``-th batch — which runs the checkpoint the loop skipped — go to the one
+connection thread. A lock keeps the two sides off the connection at the same time.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +36,13 @@ from router.errors import QueueUnavailable, StateLocked, TriagedError
 
 T = TypeVar("T")
 _Job = tuple[Callable[..., Any], tuple[object, ...], bool]  # fn, args, durable
+_BUSY_MS = 10_000  # on the thread: how long to wait for another process's write lock
+_CHECKPOINT_PAGES = 1000  # on the thread: SQLite's automatic checkpoint (its default)
+_THREAD_EVERY = 64  # batches on the loop between two on the thread (which checkpoints)
+
+
+class _Busy(Exception):
+    """On the loop, another process holds the write lock: run the batch on the thread."""
 
 
 class SqliteFile:
@@ -36,6 +54,9 @@ class SqliteFile:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._on_loop: bool | None = None  # the connection's settings: for the loop, the thread
+        self._loop_batches = 0  # batches run on the loop since the last one on the thread
+        self._busy = asyncio.Lock()  # held while the connection runs a job, on either side
         self._writes: GroupCommit[_Job, Any] = GroupCommit(
             self._flush,
             error=lambda cause: QueueUnavailable(f"{path}: {cause}"),
@@ -60,13 +81,17 @@ class SqliteFile:
         """Run ``fn(connection, *args)`` on the database thread; ``QueueUnavailable`` on failure."""
         if self._closed:
             raise QueueUnavailable(f"{self.path} is closed")
-        loop = asyncio.get_running_loop()
         try:
-            # shielded: cancelling the caller must not drop a job still queued for the thread
-            # (an ack would be lost); once submitted, a statement runs
-            return await asyncio.shield(loop.run_in_executor(self._executor, self._call, fn, args))
+            # shielded: cancelling the caller must not drop a job already asked for (an ack
+            # would be lost); once asked for, a statement runs
+            return await asyncio.shield(self._run_on_thread(fn, args))
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(f"{self.path}: {exc}") from exc
+
+    async def _run_on_thread(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        async with self._busy:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._call, fn, args)
 
     async def write(self, fn: Callable[..., T], *args: object, durable: bool = False) -> T:
         """Run ``fn(connection, *args)`` in the next group transaction; return its result.
@@ -80,15 +105,44 @@ class SqliteFile:
         return cast(T, await self._writes.submit((fn, args, durable)))
 
     async def _flush(self, jobs: list[_Job]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_batch, jobs)
+        durable = any(durable for _, _, durable in jobs)
+        async with self._busy:
+            if not durable and self._loop_batches < _THREAD_EVERY:
+                try:
+                    out = self._run_batch(jobs, durable=False, on_loop=True)
+                except _Busy:
+                    pass  # wait for the other process's lock on the thread
+                else:
+                    self._loop_batches += 1
+                    return out
+            self._loop_batches = 0
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._run_batch, jobs, durable, on_loop=False)
+            )
 
-    def _run_batch(self, jobs: list[_Job]) -> list[Any]:
-        """On the thread: every job in one transaction, each in its own savepoint."""
+    def _settings(self, conn: sqlite3.Connection, *, on_loop: bool) -> None:
+        """The busy wait and automatic checkpoint for the side about to use ``conn``: neither
+        on the loop, where nothing may wait for the disk or another process."""
+        if self._on_loop is not on_loop:
+            conn.execute(f"PRAGMA busy_timeout={0 if on_loop else _BUSY_MS}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={0 if on_loop else _CHECKPOINT_PAGES}")
+            self._on_loop = on_loop
+
+    def _run_batch(self, jobs: list[_Job], durable: bool, *, on_loop: bool) -> list[Any]:
+        """Every job in one transaction, each in its own savepoint. On the loop, raises
+        ``_Busy`` (nothing done) when another process holds the write lock."""
         conn = self._conn
         assert conn is not None
+        self._settings(conn, on_loop=on_loop)
         out: list[Any] = []  # a job's result, or the exception it raised
-        with transaction(conn, durable=any(durable for _, _, durable in jobs)):
+        try:
+            begin(conn, durable=durable)
+        except sqlite3.OperationalError as exc:
+            if on_loop and exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise _Busy from exc
+            raise
+        try:
             for fn, args, _ in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -100,6 +154,10 @@ class SqliteFile:
                     continue
                 conn.execute("RELEASE job")
                 out.append(value)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
         return out
 
     async def close(self) -> None:
@@ -121,10 +179,14 @@ class SqliteFile:
     def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
         if self._conn is None:  # only _connect runs before the connection exists
             return fn(*args)
+        self._settings(self._conn, on_loop=False)
         return fn(self._conn, *args)
 
     def _connect(self, schema: Sequence[str], version: int) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        # used on the loop and on the thread, never on both at once (``_busy``)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=_BUSY_MS / 1000, check_same_thread=False
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         current = conn.execute("PRAGMA user_version").fetchone()[0]
         if current > version:
@@ -151,14 +213,20 @@ def _lock(lock_path: Path) -> int:
     return fd
 
 
+def begin(conn: sqlite3.Connection, *, durable: bool) -> None:
+    """Start a write transaction (``BEGIN IMMEDIATE``: the write lock now, not at the first
+    write); a ``durable`` one is fsync'd when it commits."""
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("BEGIN IMMEDIATE")
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection, *, durable: bool = False) -> Iterator[None]:
     """One write transaction; ``durable`` ones are fsync'd before COMMIT returns.
 
     A FULL commit also makes every earlier NORMAL commit of the file durable (one WAL).
     """
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-    conn.execute("BEGIN IMMEDIATE")
+    begin(conn, durable=durable)
     try:
         yield
     except BaseException:

@@ -8,16 +8,16 @@ and settles. See ``router/queue/__init__.py`` for the contract.
   at once (after ``kill -9`` + restart the message is redelivered immediately). An ``admin``
   opener (the CLI's dead-letter commands beside a running daemon) takes no lock, releases
   nothing and must not ``take``; SQLite's own locking orders its writes with the daemon's.
-- SQLite never runs on the event loop: :class:`SqliteFile` owns the connection on one
-  dedicated thread, and every statement runs there.
+- :class:`SqliteFile` owns the one connection: batches that wait for no fsync (claims,
+  settles) run on the event loop, puts, replays and reads on its thread (``router/sqlite.py``).
 - Group commit (``router/batching.py``): ``put`` parks its message; one flush commits every put
   waiting at that moment in ONE transaction (WAL, ``synchronous=FULL``: really on disk), then
   resolves all their futures. While that fsync runs, the next batch gathers.
 - Only what was promised is fsync'd (``transaction(durable=True)``): puts and replays. Claims
   and settles commit with ``synchronous=NORMAL``: safe against a crash of the process (the
   WAL is written), and made durable by the next FULL commit; a power cut may undo a few, which
-  means redelivery (at-least-once; the store's delivery log, which is FULL, skips targets
-  already reached). This doubles the settle rate under ingest load.
+  means redelivery (at-least-once; the senders' own idempotency skips targets already
+  reached). This doubles the settle rate under ingest load.
 - ``take_batch(n)`` claims up to ``n`` due rows in one write job (one token for the batch;
   settling matches id and token); ``ack_batch`` deletes several rows in one write job.
 - Waiting in ``take`` is event-driven: woken by puts, nacks and replays, or by a timer for the

@@ -2,8 +2,8 @@
 
 Place in the flow: the dispatcher records each routing decision and each delivery here (see
 ``router/store/__init__.py``). Same machinery as the SQLite queue (``router/sqlite.py``): the
-file is locked to this process, WAL, every statement on one thread, never on the event loop,
-and every write waiting at one moment shares one group commit. Writes commit with
+file is locked to this process, WAL, and every write waiting at one moment shares one group
+commit (which, as it waits for no fsync, runs on the event loop). Writes commit with
 ``synchronous=NORMAL``: they survive a crash or ``kill -9`` of the process (WAL), which is what
 stops a second delivery after a crash. A power cut may undo the last ones; then the senders'
 own idempotency stops the duplicate (Maildir looks for the file on a retry, webhooks carry an

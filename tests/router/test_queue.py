@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -350,6 +351,30 @@ async def test_sqlite_second_opener_gets_state_locked(state_dir: Path) -> None:
         await first.close()
     second = await SqliteQueue.open(path, lease_s=30, max_attempts=3)
     await second.close()
+
+
+async def test_sqlite_settle_waits_for_another_writer_off_the_loop(state_dir: Path) -> None:
+    """Settles run on the event loop, which must never wait for a write lock another process
+    holds (``triaged dead-letters replay`` beside the daemon): the batch goes to the thread,
+    waits there, and lands once the lock is free."""
+    path = state_dir / "queue.sqlite3"
+    queue = await SqliteQueue.open(path, lease_s=30, max_attempts=3)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        await queue.put(message())
+        lease = await take(queue)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process takes it
+        ack = asyncio.create_task(queue.ack(lease))
+        for _ in range(5):  # the loop runs on (on the loop, a busy wait would block these)
+            await asyncio.sleep(0.01)
+        assert not ack.done()
+        other.execute("COMMIT")
+        async with asyncio.timeout(GUARD_S):
+            await ack
+        assert await queue.stats() == QueueStats(ready=0, leased=0, delayed=0, dead=0)
+    finally:
+        other.close()
+        await queue.close()
 
 
 _CHILD = """
