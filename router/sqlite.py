@@ -105,21 +105,36 @@ class SqliteFile:
         return cast(T, await self._writes.submit((fn, args, durable)))
 
     async def _flush(self, jobs: list[_Job]) -> list[Any]:
+        """The jobs' statements on the loop; the ``COMMIT`` there too unless it fsyncs or is
+        due to checkpoint, then on the thread (one hop); the whole batch on the thread when
+        another process holds the write lock."""
         durable = any(durable for _, _, durable in jobs)
+        loop = asyncio.get_running_loop()
         async with self._busy:
-            if not durable and self._loop_batches < _THREAD_EVERY:
-                try:
-                    out = self._run_batch(jobs, durable=False, on_loop=True)
-                except _Busy:
-                    pass  # wait for the other process's lock on the thread
-                else:
-                    self._loop_batches += 1
-                    return out
-            self._loop_batches = 0
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, functools.partial(self._run_batch, jobs, durable, on_loop=False)
-            )
+            try:
+                out = self._run_jobs(jobs, durable=durable)
+            except _Busy:  # wait for the other process's lock on the thread
+                self._loop_batches = 0
+                run = functools.partial(self._run_batch, jobs, durable)
+                return await self._on_thread(loop, run)
+            if durable or self._loop_batches >= _THREAD_EVERY:
+                self._loop_batches = 0
+                await self._on_thread(loop, functools.partial(self._commit, on_loop=False))
+            else:
+                self._loop_batches += 1
+                self._commit(on_loop=True)
+            return out
+
+    async def _on_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
+        """``fn()`` on the connection thread; if cancelled meanwhile, still wait for it to end
+        (the caller holds ``_busy``: the connection is the thread's until then)."""
+        future = loop.run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
 
     def _settings(self, conn: sqlite3.Connection, *, on_loop: bool) -> None:
         """The busy wait and automatic checkpoint for the side about to use ``conn``: neither
@@ -129,13 +144,20 @@ class SqliteFile:
             conn.execute(f"PRAGMA wal_autocheckpoint={0 if on_loop else _CHECKPOINT_PAGES}")
             self._on_loop = on_loop
 
-    def _run_batch(self, jobs: list[_Job], durable: bool, *, on_loop: bool) -> list[Any]:
-        """Every job in one transaction, each in its own savepoint. On the loop, raises
-        ``_Busy`` (nothing done) when another process holds the write lock."""
+    def _run_batch(self, jobs: list[_Job], durable: bool) -> list[Any]:
+        """On the thread: every job in one transaction, committed."""
+        out = self._run_jobs(jobs, durable=durable, on_loop=False)
+        self._commit(on_loop=False)
+        return out
+
+    def _run_jobs(self, jobs: list[_Job], *, durable: bool, on_loop: bool = True) -> list[Any]:
+        """Begin a transaction and run every job in it, each in its own savepoint; one result
+        or exception per job. On the loop, raises ``_Busy`` (nothing done) when another process
+        holds the write lock; on any other error the transaction is rolled back."""
         conn = self._conn
         assert conn is not None
         self._settings(conn, on_loop=on_loop)
-        out: list[Any] = []  # a job's result, or the exception it raised
+        out: list[Any] = []
         try:
             begin(conn, durable=durable)
         except sqlite3.OperationalError as exc:
@@ -157,8 +179,20 @@ class SqliteFile:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
         return out
+
+    def _commit(self, *, on_loop: bool) -> None:
+        """``COMMIT`` the open transaction (on the thread: with the automatic checkpoint of
+        the thread side); roll it back if that fails."""
+        conn = self._conn
+        assert conn is not None
+        self._settings(conn, on_loop=on_loop)
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         """Finish queued writes, close the connection, stop the thread, release the lock.

@@ -67,31 +67,32 @@ _PRUNE_EVERY = 256  # batches between dedupe-table prunes
 _RECHECK_S = 1.0  # an idle taker looks again at least this often (admin replays)
 
 
-# --- statements; each runs on the database thread ------------------------------------------
+# --- statements, run by SqliteFile (on the loop or on its thread) -----------------------------
 
 _Put = tuple[str, str, str | None]  # message id, payload, dedupe key
 
 
 def _insert(conn: sqlite3.Connection, puts: list[_Put], now: float, window_s: float) -> list[str]:
+    """The puts, inside a durable group transaction of ``SqliteFile.write``; the ids to
+    report (for a dedupe key seen in the window, the first message's)."""
     ids = []
-    with transaction(conn, durable=True):
-        for message_id, payload, key in puts:
-            if key is not None:
-                row = conn.execute(
-                    "SELECT message_id FROM dedupe WHERE key = ? AND expires > ?", (key, now)
-                ).fetchone()
-                if row is not None:
-                    ids.append(row[0])
-                    continue
-                expires = now + window_s
-                conn.execute(
-                    "INSERT OR REPLACE INTO dedupe VALUES (?, ?, ?)", (key, message_id, expires)
-                )
+    for message_id, payload, key in puts:
+        if key is not None:
+            row = conn.execute(
+                "SELECT message_id FROM dedupe WHERE key = ? AND expires > ?", (key, now)
+            ).fetchone()
+            if row is not None:
+                ids.append(row[0])
+                continue
+            expires = now + window_s
             conn.execute(
-                "INSERT INTO messages (id, payload, due) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (message_id, payload, now),
+                "INSERT OR REPLACE INTO dedupe VALUES (?, ?, ?)", (key, message_id, expires)
             )
-            ids.append(message_id)
+        conn.execute(
+            "INSERT INTO messages (id, payload, due) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (message_id, payload, now),
+        )
+        ids.append(message_id)
     return ids
 
 
@@ -340,6 +341,6 @@ class SqliteQueue:
         now = time.time()
         if self._batches % _PRUNE_EVERY == 0:
             await self._db.write(_execute, "DELETE FROM dedupe WHERE expires <= ?", (now,))
-        ids = await self._db.run(_insert, batch, now, self._dedupe_window_s)
+        ids = await self._db.write(_insert, batch, now, self._dedupe_window_s, durable=True)
         self._notify()
         return ids

@@ -6,6 +6,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from router.sqlite import _THREAD_EVERY, SqliteFile
 
@@ -19,34 +22,52 @@ def _where(conn: sqlite3.Connection) -> tuple[str, int, int]:
     return threading.current_thread().name, busy, checkpoint
 
 
-async def test_batches_without_fsync_run_on_the_loop_and_never_wait(tmp_path: Path) -> None:
+async def test_statements_run_on_the_loop_and_only_an_fsyncing_commit_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = await SqliteFile.open(tmp_path / "f.sqlite3", SCHEMA, 1)
+    hops: list[str] = []
+    submit = db._executor.submit
+
+    def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "func", fn).__name__)
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(db._executor, "submit", counted)
     try:
         loop_thread = threading.current_thread().name
-        # no fsync asked: on the loop, with no busy wait and no automatic checkpoint
+        # no fsync asked: all on the loop, with no busy wait and no automatic checkpoint
         assert await db.write(_where) == (loop_thread, 0, 0)
-        # durable: on the connection thread, which may wait for a lock and checkpoints
-        thread, busy, checkpoint = await db.write(_where, durable=True)
+        assert hops == []
+        # durable: the statements on the loop too, the COMMIT (the fsync) on the thread
+        assert await db.write(_where, durable=True) == (loop_thread, 0, 0)
+        assert hops == ["_commit"]
+        # reads on the thread, which may wait for another process's lock
+        thread, busy, checkpoint = await db.run(_where)
         assert thread != loop_thread
         assert busy > 0
         assert checkpoint > 0
-        # reads too
-        thread, busy, _ = await db.run(_where)
-        assert thread != loop_thread
-        assert busy > 0
-        # and the settings follow the side again
         assert await db.write(_where) == (loop_thread, 0, 0)
     finally:
         await db.close()
 
 
 async def test_every_so_many_loop_batches_one_runs_on_the_thread(tmp_path: Path) -> None:
-    """That one checkpoints the WAL, which the loop side never does."""
+    """Its COMMIT checkpoints the WAL, which the loop side never does."""
     db = await SqliteFile.open(tmp_path / "f.sqlite3", SCHEMA, 1)
+    commits: list[str] = []
+    commit = db._commit
+
+    def where(*, on_loop: bool) -> None:
+        commits.append(threading.current_thread().name)
+        commit(on_loop=on_loop)
+
+    db._commit = where  # type: ignore[method-assign]
     try:
-        loop_thread = threading.current_thread().name
-        threads = [(await db.write(_where))[0] for _ in range(200)]
-        on_thread = [name for name in threads if name != loop_thread]
+        for _ in range(200):
+            await db.write(_where)
+        on_thread = [name for name in commits if name != threading.current_thread().name]
+        assert len(commits) == 200
         assert len(on_thread) == 200 // (_THREAD_EVERY + 1)
     finally:
         await db.close()
