@@ -9,7 +9,9 @@
   keyword, a regex, a value, a field that exists, or a number comparison (``gte: 10000`` is
   an atom satisfied by the message's number, not by the field's mere presence); per message
   only rules with a satisfied atom, plus the rules with no such atom, are evaluated — and
-  not even tested when the atom is *sure*, enough for the condition to hold (``entry``).
+  not even tested when the atom is *sure*, enough for the condition to hold (``entry``);
+  an ``all`` whose atoms are sure for the child they come from tests only its other
+  children (``AllNode.residual``).
 * The subject's regexes also go into the text's set, as a guard (``_guards``).
 """
 
@@ -61,11 +63,12 @@ from rules.patterns import compile_regex, options
 Key = tuple[str, View]
 ByAtom = tuple[tuple[int, ...], ...]  # atom id (keyword, regex) → rules, () for none
 Limit = tuple[Callable[[float, Any], bool], Any, tuple[int, ...]]  # (compare, limit, rules)
-# The fields the index looks up: field, view, normalised value → rules, a memo (raw value →
-# its rules: ``engine._value_rules``) and the field's accessor; for numbers: field, limits,
-# memo, accessor.
+# The fields the index looks up: field, (field, view), normalised value → rules, a memo (raw
+# value → its rules and normalised values: ``engine._value_rules``) and the field's accessor;
+# for numbers: field, limits, memo (raw value → rules), accessor.
 Memo = dict[object, tuple[int, ...]]
-ValueScan = tuple[str, View, Mapping[str, tuple[int, ...]], Memo, Accessor]
+ValueMemo = dict[object, tuple[tuple[int, ...], tuple[str, ...] | None]]
+ValueScan = tuple[str, Key, Mapping[str, tuple[int, ...]], ValueMemo, Accessor]
 NumberScan = tuple[str, tuple[Limit, ...], Memo, Accessor]
 # (node, trace entry when not matched, when matched, effect, whether firing stops)
 Routine = tuple[Any, RuleTrace, RuleTrace, Effect, bool]
@@ -192,13 +195,14 @@ def _by_atom(table: Mapping[int, tuple[int, ...]], count: int) -> ByAtom:
     return tuple(table.get(atom, ()) for atom in range(count))
 
 
-def _routine(rules: Sequence[CompiledRule]) -> tuple[Routine, ...]:
-    """Per rule, what the routine evaluation reads of it, in one tuple: its trace entries
-    (immutable, so made once and shared by every evaluation) and its ``Effect``."""
+def _routine(rules: Sequence[CompiledRule], tests: Sequence[Any]) -> tuple[Routine, ...]:
+    """Per rule, what the routine evaluation reads of it, in one tuple: the node its entries
+    that are not sure test (``tests``: ``_index``), its trace entries (immutable, so made
+    once and shared by every evaluation) and its ``Effect``."""
     out = []
-    for compiled in rules:
+    for compiled, node in zip(rules, tests, strict=True):
         miss, hit = (RuleTrace(compiled.id, compiled.line, ok, ()) for ok in (False, True))
-        out.append((compiled.node, miss, hit, effect(compiled.rule), compiled.rule.stops))
+        out.append((node, miss, hit, effect(compiled.rule), compiled.rule.stops))
     return tuple(out)
 
 
@@ -225,12 +229,16 @@ def _guards(patterns: dict[Key, dict[str, int]]) -> dict[Key, frozenset[int]]:
 
 def _index(
     rules: Sequence[CompiledRule], values: Mapping[Key, set[str]]
-) -> tuple[dict[str, Any], frozenset[int]]:
+) -> tuple[dict[str, Any], frozenset[int], list[Any]]:
+    """The rule index; the entries of the rules evaluated always; and per rule the node its
+    entries that are not sure test: the rule's own, or what is left of an ``all`` when the
+    atoms it is filed under are sure for one of its children (``AllNode.residual``)."""
     index: dict[str, Any] = {
         kind: defaultdict(lambda: defaultdict(list)) for kind in ("kw", "rx", "val", "num")
     }
     exists: dict[str, list[int]] = defaultdict(list)
     always = set()
+    tests = [compiled.node for compiled in rules]
 
     def weigh(trigger: Trigger) -> float:
         """Expected hits of an atom: a value of a field the rules name few values of (a
@@ -246,6 +254,8 @@ def _index(
         if found is None:
             always.add(entry(i, False))
             continue
+        if isinstance(compiled.node, AllNode):  # (selected only through ``found``)
+            tests[i] = compiled.node.residual(weigh)
         for kind, key, atom, sure in found:
             if kind == "ex":
                 exists[str(key)].append(entry(i, sure))
@@ -259,7 +269,7 @@ def _index(
         for kind, table in index.items()
     }
     frozen["ex"] = {f: tuple(dict.fromkeys(r)) for f, r in exists.items()}
-    return frozen, frozenset(always)
+    return frozen, frozenset(always), tests
 
 
 def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) -> Program:
@@ -283,7 +293,7 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
     regex_count = sum(len(t) for t in builder.patterns.values())
     regex_guards = _guards(builder.patterns)
     regex_sets = {key: RegexSet(list(table)) for key, table in builder.patterns.items() if table}
-    index, always = _index(compiled, builder.values)
+    index, always, tests = _index(compiled, builder.values)
     kw_index = tuple(
         (key, automata[key], _by_atom(table, len(builder.keywords[key])))
         for key, table in index["kw"].items()
@@ -316,11 +326,11 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         kw_index=kw_index,
         rx_index=rx_index,
         val_index=tuple(
-            (name, view, table, {}, accessor(name)) for (name, view), table in index["val"].items()
+            (key[0], key, table, {}, accessor(key[0])) for key, table in index["val"].items()
         ),
         ex_index=tuple(index["ex"].items()),
         num_index=num_index,
         always=always,
         stats=stats,
-        routine=_routine(compiled),
+        routine=_routine(compiled, tests),
     )

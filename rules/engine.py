@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from operator import itemgetter
 from typing import Any
 
-from rules.compiler import Key, Limit, Program, RegexSet, scope_of
+from rules.compiler import Key, Limit, Program, RegexSet, ValueMemo, scope_of
 from rules.decision import (
     Accumulator,
     ConditionTrace,
@@ -160,7 +160,8 @@ class Scan:
 
     def candidates(self) -> list[int]:
         """Entries (``Program``) of the rules that may match, in file order; fills the caches
-        the nodes of those rules read (keyword ids, regex ids, values) on the way."""
+        the nodes of those rules read (keyword ids, regex ids, raw and normalised values) on
+        the way."""
         prog, reader = self.prog, self.reader
         found = set(prog.always)
         update = found.update
@@ -171,21 +172,25 @@ class Scan:
             for rid in self._regex_ids(key, regex_set):
                 update(by_regex[rid])
         facts = reader.facts
-        for field, view, table, memo, get in prog.val_index:
-            values = get(facts)  # the raw values (not cached: only a miss normalises them)
+        raw_cache = reader._raw  # the nodes read the same values: ``FieldReader.raw``
+        strings_cache = reader._strings
+        for field, key, table, memo, get in prog.val_index:
+            values = raw_cache[field] = get(facts)  # (only a miss normalises them)
             if values is None:
+                strings_cache[key] = None
                 continue
             one = values[0] if len(values) == 1 else None
-            rules = memo.get(one) if type(one) is str else None
-            if rules is None:  # normalise and look up (and remember a single string's rules)
-                rules = _value_rules(reader, field, view, table, memo, one)
+            known = memo.get(one) if type(one) is str else None
+            if known is None:  # normalise and look up (and remember a single string's rules)
+                known = _value_rules(reader, key, table, memo, one)
+            rules, strings_cache[key] = known  # what ``FieldReader.strings`` would return
             update(rules)
         raw = reader.raw
         for field, rules in prog.ex_index:
             if raw(field) is not None:
                 update(rules)
-        for _, limits, memo, get in prog.num_index:
-            values = get(facts)
+        for field, limits, memo, get in prog.num_index:
+            values = raw_cache[field] = get(facts)
             if values is None:
                 continue
             one = values[0] if len(values) == 1 else None
@@ -202,24 +207,26 @@ _MEMO_SIZE = 4096  # raw values remembered per indexed field (channels, domains,
 
 def _value_rules(
     reader: FieldReader,
-    field: str,
-    view: View,
+    key: Key,
     table: Mapping[str, tuple[int, ...]],
-    memo: dict[object, tuple[int, ...]],
+    memo: ValueMemo,
     one: object,
-) -> tuple[int, ...]:
-    """The index entries of the normalised values of ``field``; when its value is ``one``
-    string, remembered in ``memo`` (raw string → entries), as the values of the fields the
-    index looks up (channel, sender domain, tier, headers) recur from message to message:
-    their normalisation was a tenth of an evaluation. The memo belongs to the ``Program``,
-    whose views and scan limit do not change.
+) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
+    """The index entries of the normalised values of field ``key`` (field, view), and those
+    values; when its value is ``one`` string, remembered in ``memo`` (raw string → both), as
+    the values of the fields the index looks up (channel, sender domain, tier, headers) recur
+    from message to message: their normalisation was a tenth of an evaluation, and the value
+    nodes of the candidate rules read them again. The memo belongs to the ``Program``, whose
+    views and scan limit do not change. Not ``text``: its one raw value (subject + "\\n" +
+    body) does not say where the subject ends, which its normalised value may depend on.
     """
-    rules = tuple(e for value in reader.strings(field, view) or () for e in table.get(value, ()))
-    if type(one) is str:
+    strings = reader.strings(*key)
+    rules = tuple(e for value in strings or () for e in table.get(value, ()))
+    if type(one) is str and key[0] != "text":
         if len(memo) >= _MEMO_SIZE:  # arbitrary values (a header with ids): start over
             memo.clear()
-        memo[one] = rules
-    return rules
+        memo[one] = (rules, strings)
+    return rules, strings
 
 
 _SCALARS = (int, str)  # raw values a memo keys: counts, amounts, numeric strings

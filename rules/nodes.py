@@ -84,25 +84,35 @@ class LeafNode:
 class KeywordNode(LeafNode):
     """contains / contains_any / contains_all, answered from the shared automaton's hits."""
 
-    __slots__ = ("every", "id_set", "ids", "keywords", "scope", "word")
+    __slots__ = ("every", "id_set", "ids", "keywords", "scope", "scope_key", "word")
 
     def __init__(self, leaf: Leaf, scope: str, ids: tuple[int, ...]) -> None:
         super().__init__(leaf)
         self.scope, self.ids, self.id_set = scope, ids, frozenset(ids)
+        self.scope_key = (scope, leaf.view)
         self.keywords = dict(zip(ids, literals(leaf), strict=True))
         self.every = leaf.op == "contains_all"
         self.word = leaf.ascii_word
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        ids = scan.found_ids.get(self.key)
+        every, id_set, found_ids = self.every, self.id_set, scan.found_ids
+        ids = found_ids.get(self.key)
         if ids is None:
-            ids = scan.keyword_ids(self.field, self.view)
-        ok = self.id_set <= ids if self.every else not self.id_set.isdisjoint(ids)
+            # A subject or body keyword is found by the text's scan, whose ids the index
+            # has mostly collected already: when they fail the test, the subject's or the
+            # body's (a subset of them) fail it too, and need not be picked out of its hits.
+            ids = found_ids.get(self.scope_key)
+            if ids is None or (id_set <= ids if every else not id_set.isdisjoint(ids)):
+                ids = scan.keyword_ids(self.field, self.view)
+        ok = id_set <= ids if every else not id_set.isdisjoint(ids)
         if rec is None and not (ok and self.word):  # the routine case: no trace, no spans
             return ok
         hits = None
         if ok and self.word:  # the automaton found them; are some on word boundaries?
-            hits = self._bounded(scan.hits(self.field, self.view, self.id_set & ids))
+            hits = scan.hits(self.field, self.view, self.id_set & ids)
+            if rec is None and not self.every:  # routine contains_any: the first will do
+                return any(boundary_ok_bytes(h[1], h[2], h[3]) for h in hits)
+            hits = self._bounded(hits)
             found = {h[4] for h in hits}
             ok = found >= self.id_set if self.every else bool(found)
         if not ok or rec is None:
@@ -311,16 +321,33 @@ class AllNode:
         before numbers), then the fewest expected hits (``weigh``)."""
         if len(self.children) == 1:
             return self.children[0].triggers(weigh)  # type: ignore[no-any-return]
-        options: list[list[Trigger]] = [
-            t for c in self.children if (t := c.triggers(weigh)) is not None
+        best = self._best(weigh)
+        if best is None:
+            return None
+        return [(kind, key, atom, False) for kind, key, atom, _ in best[1]]  # others must hold
+
+    def _best(self, weigh: Weigh) -> tuple[int, list[Trigger]] | None:
+        """The child whose atoms ``triggers`` takes, and those atoms; None when none has any."""
+        options: list[tuple[int, list[Trigger]]] = [
+            (i, t) for i, c in enumerate(self.children) if (t := c.triggers(weigh)) is not None
         ]
         if not options:
             return None
-        best = min(
+        return min(
             options,
-            key=lambda ts: (max((_RANK[t[0]] for t in ts), default=0), sum(map(weigh, ts))),
+            key=lambda o: (max((_RANK[t[0]] for t in o[1]), default=0), sum(map(weigh, o[1]))),
         )
-        return [(kind, key, atom, False) for kind, key, atom, _ in best]  # others must hold too
+
+    def residual(self, weigh: Weigh = _each) -> Any:
+        """What is left to test when the index selected this node's rule through one of its
+        ``triggers`` (same ``weigh``): when each of them is sure for the child they come
+        from, that child holds, and only the others need a test (an ``all`` of a keyword and
+        a channel, selected by the keyword: only the channel). Else the node itself."""
+        best = self._best(weigh) if len(self.children) > 1 else None
+        if best is None or not all(t[3] for t in best[1]):
+            return self
+        rest = tuple(c for i, c in enumerate(self.children) if i != best[0])
+        return rest[0] if len(rest) == 1 else AllNode(rest)
 
 
 class AnyNode:

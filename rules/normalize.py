@@ -267,26 +267,54 @@ def char_offset(hay: bytes, index: int, start: int = 0) -> int:
 
 # byte → whether it is an ASCII word character (letter, digit, ``_``); bytes ≥ 0x80 are not
 _ASCII_WORD = bytes(int(chr(b).isalnum() or chr(b) == "_") if b < 0x80 else 0 for b in range(256))
+# Lead bytes E3–E9: the characters U+3000–U+9FFF (CJK symbols, kana, ideographs), all CJK
+# (``is_cjk``), so none is a word character; the common neighbours of a hit in Chinese text.
+_CJK_LEADS = range(0xE3, 0xEA)
+
+
+def _word_at(hay: bytes, index: int) -> bool:
+    """Whether the character starting at byte ``index`` is a word character."""
+    lead = hay[index]
+    if lead < 0x80:
+        return bool(_ASCII_WORD[lead])
+    if lead in _CJK_LEADS:
+        return False
+    return is_word_char(_char_at(hay, index))
+
+
+def _word_before(hay: bytes, index: int) -> bool:
+    """Whether the character ending just before byte ``index`` is a word character.
+
+    A continuation byte there whose character starts three bytes back with a lead E3–E9 ends
+    a CJK character (in UTF-8 a three-byte lead is followed by exactly two continuations).
+    """
+    last = hay[index - 1]
+    if last < 0x80:
+        return bool(_ASCII_WORD[last])
+    if index >= 3 and hay[index - 3] in _CJK_LEADS:
+        return False
+    return is_word_char(_char_before(hay, index))
 
 
 def boundary_ok_bytes(hay: bytes, start: int, end: int) -> bool:
     """``boundary_ok`` for a hit at byte offsets of UTF-8 text (the automata scan bytes).
 
     Where both bytes at an edge are ASCII (English text), they are looked up in a table;
-    elsewhere the characters around the edge are decoded.
+    elsewhere each character is classified by its lead byte when that is enough (ASCII, CJK:
+    ``_word_at``, ``_word_before``), else decoded.
     """
     if start > 0:
         inside, outside = hay[start], hay[start - 1]
         if inside < 0x80 and outside < 0x80:
             if _ASCII_WORD[inside] and _ASCII_WORD[outside]:
                 return False
-        elif is_word_char(_char_at(hay, start)) and is_word_char(_char_before(hay, start)):
+        elif _word_at(hay, start) and _word_before(hay, start):
             return False
     if end < len(hay):
         inside, outside = hay[end - 1], hay[end]
         if inside < 0x80 and outside < 0x80:
             return not (_ASCII_WORD[inside] and _ASCII_WORD[outside])
-        return not (is_word_char(_char_before(hay, end)) and is_word_char(_char_at(hay, end)))
+        return not (_word_before(hay, end) and _word_at(hay, end))
     return True
 
 

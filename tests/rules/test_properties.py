@@ -27,6 +27,7 @@ from rules.normalize import (
     boundary_ok_bytes,
     char_offset,
     fast_nfkc,
+    is_word_char,
     needs_casefold,
     plain_utf8,
 )
@@ -360,9 +361,17 @@ def test_bytes_casefold_shortcut_covers_every_code_point() -> None:
     assert missed == []
 
 
+def test_cjk_leads_start_no_word_character() -> None:
+    """``boundary_ok_bytes`` takes a character with a lead byte E3–E9 (U+3000–U+9FFF) for a
+    non-word character without decoding it."""
+    assert not any(is_word_char(chr(code)) for code in range(0x3000, 0xA000))
+    assert {chr(code).encode()[0] for code in range(0x3000, 0xA000)} == set(range(0xE3, 0xEA))
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.text(alphabet=st.sampled_from("ab_1 退款.é\u0301ΣＡ"), min_size=1, max_size=12), st.data()
+    st.text(alphabet=st.sampled_from("ab_1 退款.é\u0301ΣＡⅻの。"), min_size=1, max_size=12),
+    st.data(),
 )
 def test_boundaries_on_bytes_match_boundaries_on_text(hay: str, data: st.DataObject) -> None:
     start = data.draw(st.integers(0, len(hay) - 1))  # a hit: a non-empty keyword
