@@ -12,10 +12,15 @@ writes nothing. Otherwise the mail is written to ``tmp/`` and made durable, rena
 either no file or a whole one.
 
 Batching: the sends waiting at one moment (a dispatcher worker delivers a batch of messages at
-once) are written by one or two thread jobs of up to ``_CHUNK`` mails each — one thread hop
-per job rather than one per mail, and few threads (many threads mostly fight over the GIL: 16
-of them cost twice the CPU per mail of one). How the ``tmp/`` files of a job become durable
-before their renames is the output's ``sync`` setting:
+once) are written in jobs of up to ``_CHUNK`` mails. A job of first attempts to existing team
+folders (the usual case) stats, builds, writes and renames its mails on the event loop and
+hands only the two waits on the disk — the sync below and the ``fsync`` of ``new/`` — to a
+thread, one hop each: a thread doing the per-mail system calls gave the GIL up and took it
+back against the loop at each of them, which cost a third of the daemon's CPU. The price is
+that the loop waits for those calls, tens of microseconds per mail, longer when ext4 is
+committing its journal. Retries (which may scan ``new/`` and ``cur/``), new team folders and
+``sync: file`` go to a thread whole. How the ``tmp/`` files of a job become durable before
+their renames is the output's ``sync`` setting:
 
 * ``filesystem`` (the default, on Linux): every file of the job is written, then ONE
   ``syncfs(2)`` of the file system holding the team folders makes them all durable. On ext4

@@ -10,12 +10,14 @@ own savepoint, so one failing statement fails only its caller.
 Where SQLite runs: a batch that asks for no fsync (claims, acks, the delivery log) runs on the
 event loop — its statements touch only the page cache, some tens of microseconds, and a thread
 hop per batch cost more than that: the thread's every ``sqlite3_step`` gave the GIL up and took
-it back against the loop (futex calls, a third of the daemon's CPU at load). It never waits on
-the disk or on another process there: no automatic checkpoint (``wal_autocheckpoint`` is off on
-the loop) and no busy wait (a write lock held by another process, a ``triaged dead-letters``
-command, sends the batch to the thread). Durable batches, reads (:meth:`SqliteFile.run`) and
-every ``_THREAD_EVERY``-th batch — which runs the checkpoint the loop skipped — go to the one
-connection thread. A lock keeps the two sides off the connection at the same time.
+it back against the loop (futex calls, a third of the daemon's CPU at load). A durable batch
+runs its statements there too and only its ``COMMIT`` (the fsync) on the connection thread.
+The loop does not wait for another process: a write lock held by one (a ``triaged
+dead-letters`` command) sends the whole batch to the thread, which waits. Nor for
+checkpoints: ``wal_autocheckpoint`` is off on the loop, and every ``_THREAD_EVERY``-th batch
+commits on the thread, which checkpoints (SQLite still syncs the WAL's header on the loop
+once per checkpoint cycle, when it starts reusing the file). Reads (:meth:`SqliteFile.run`)
+run on the thread. A lock keeps the two sides off the connection at the same time.
 """
 
 from __future__ import annotations

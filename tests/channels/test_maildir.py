@@ -334,6 +334,44 @@ async def test_failed_sync_publishes_nothing_and_is_temporary(
     assert len(read_all(tmp_path / "mail")) == 3
 
 
+async def test_failed_sync_of_a_chunk_written_on_the_loop_publishes_nothing(
+    sender: MaildirSender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with the team folder already there, so the chunk is written on the event loop
+    and only its syncfs runs on a thread."""
+    import errno
+
+    import channels.maildir as maildir
+
+    await sender.send(delivery(subject="first"))  # the folder exists from now on
+    calls: list[int] = []
+
+    def broken(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "syncfs: Input/output error")
+
+    monkeypatch.setattr(maildir, "_syncfs", broken)
+    items = [delivery(subject=f"退款 {i}") for i in range(3)]
+    results = await asyncio.gather(*(sender.send(d) for d in items), return_exceptions=True)
+    assert [type(r) for r in results] == [TemporaryFailure] * 3
+    assert calls  # (one syncfs per chunk)
+    folder = tmp_path / "mail" / "after-sales"
+    assert len(list((folder / "new").iterdir())) == 1
+    assert list((folder / "tmp").iterdir()) == []
+
+
+async def test_close_waits_for_the_chunks_under_way(sender: MaildirSender, tmp_path: Path) -> None:
+    await sender.send(delivery(subject="first"))
+    items = [delivery(subject=f"退款 {i}") for i in range(40)]
+    sends = [asyncio.create_task(sender.send(d)) for d in items]
+    await asyncio.sleep(0)  # the sends park their mails
+    await asyncio.sleep(0)  # the flush starts the chunks
+    await sender.close()
+    assert all(task.done() for task in sends)
+    await asyncio.gather(*sends)
+    assert len(read_all(tmp_path / "mail")) == 41
+
+
 async def test_new_team_maildir_appears_whole_even_when_two_writers_race(tmp_path: Path) -> None:
     """Two senders (two daemons on one disk) deliver the first mails of a new team at once:
     each builds the Maildir under a hidden name and renames it into place; the loser of the
