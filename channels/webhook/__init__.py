@@ -42,9 +42,11 @@ delivery (see :func:`notification`), with ``Idempotency-Key`` and the same HMAC 
 
 from channels.webhook.inbound import WebhookChannel, WebhookConfig, WebhookSourceConfig
 from channels.webhook.outbound import (
+    CHAT_TEXT_CHARS,
     MAX_TEXT_BYTES,
     WebhookOutConfig,
     WebhookSender,
+    chat_post,
     notification,
     retry_after_s,
     status_failure,
@@ -53,6 +55,7 @@ from channels.webhook.signing import SIGNATURE_HEADER, sign
 from router.config import parse_listen
 
 __all__ = [
+    "CHAT_TEXT_CHARS",
     "MAX_TEXT_BYTES",
     "SIGNATURE_HEADER",
     "WebhookChannel",
@@ -60,6 +63,7 @@ __all__ = [
     "WebhookOutConfig",
     "WebhookSender",
     "WebhookSourceConfig",
+    "chat_post",
     "notification",
     "parse_listen",
     "retry_after_s",

@@ -21,6 +21,8 @@ log = structlog.get_logger()
 
 CHANNEL: Final = "webhook"
 MAX_TEXT_BYTES = 65_536  # text cap in outbound notifications
+CHAT_TEXT_CHARS = 1_000  # customer text quoted in a chat post (the ticket has the rest)
+_CHAT_SUBJECT_CHARS = 200
 
 
 def _check_url(value: str) -> str:
@@ -53,6 +55,12 @@ class WebhookOutConfig(BaseModel):
     )
     headers: dict[str, str | SecretRef] = Field(
         default_factory=dict, description="Extra request headers; values may be secrets."
+    )
+    format: Literal["triaged", "slack"] = Field(
+        default="triaged",
+        description="Body shape: 'triaged', the JSON ticket notification; 'slack', a chat "
+        'post {"text": ...} for Slack-compatible incoming webhooks (Slack, Mattermost, '
+        "Rocket.Chat, Discord's /slack endpoint).",
     )
 
     @field_validator("url")
@@ -97,6 +105,51 @@ def notification(delivery: Delivery) -> bytes:
     return json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8", "replace")
 
 
+def _chat_escape(value: str) -> str:
+    """Customer text as literal chat text: ``&``, ``<`` and ``>`` escaped as Slack asks, so
+    ``<!channel>``, ``<@U123>`` or ``<https://evil|bank>`` in a message stays text and can
+    neither notify a whole channel nor disguise a link."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(value: str, chars: int) -> str:
+    """``value`` on one line, at most ``chars`` characters, an ellipsis where it was cut."""
+    value = " ".join(value.split()) if "\n" in value or "\r" in value else value
+    return value if len(value) <= chars else value[: chars - 1] + "…"
+
+
+def chat_post(delivery: Delivery) -> bytes:
+    """The JSON body of a Slack-compatible chat post for one delivery: ``{"text": ...}`` in
+    Slack's mrkdwn, which Mattermost, Rocket.Chat and Discord's ``/slack`` endpoint read too.
+
+    A headline (priority, category, team, message id), who wrote in and through which
+    source, the subject, and the first ``CHAT_TEXT_CHARS`` characters of the text as a
+    quote. Everything the customer wrote is escaped (``_chat_escape``).
+    """
+    message = delivery.message
+    sender = message.sender
+    who = _chat_escape(_cut(sender.name, 80)) if sender.name else ""
+    address = _chat_escape(_cut(sender.address, 200))
+    who = f"{who} &lt;{address}&gt;" if who else address
+    headline = f"*[{delivery.priority}] {delivery.category} → {delivery.team}*"
+    lines = [
+        f"{headline} · ticket `{message.id}`",
+        f"*From:* {who} via {message.channel}/{_chat_escape(message.source)}",
+    ]
+    if message.subject:
+        lines.append(f"*Subject:* {_chat_escape(_cut(message.subject, _CHAT_SUBJECT_CHARS))}")
+    text = message.text.strip()
+    if text:
+        quoted = text if len(text) <= CHAT_TEXT_CHARS else text[: CHAT_TEXT_CHARS - 1] + "…"
+        lines += ["> " + _chat_escape(line) for line in quoted.splitlines() if line.strip()]
+    if delivery.tags:
+        lines.append("*Tags:* " + ", ".join(_chat_escape(tag) for tag in delivery.tags))
+    if delivery.rules:
+        lines.append("*Rules:* " + ", ".join(delivery.rules))
+    body = {"text": "\n".join(lines)}
+    return json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
+
+
 def retry_after_s(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else None."""
     if not value:
@@ -125,7 +178,8 @@ def status_failure(status: int, detail: str, retry_after: str | None) -> Deliver
 
 
 class WebhookSender:
-    """POSTs one JSON ticket notification per delivery (see :func:`notification`)."""
+    """POSTs one JSON body per delivery: the ticket notification (:func:`notification`), or
+    with ``format: slack`` a chat post (:func:`chat_post`)."""
 
     def __init__(self, name: str, config: WebhookOutConfig) -> None:
         self.name = name
@@ -170,7 +224,7 @@ class WebhookSender:
         """
         if self._session is None:
             raise RuntimeError(f"webhook output {self.name!r}: send() before start()")
-        body = notification(delivery)
+        body = chat_post(delivery) if self.config.format == "slack" else notification(delivery)
         headers = {"Idempotency-Key": delivery.key}
         if self._secret is not None:
             headers[self.config.signature_header] = sign(self._secret, body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from channels.webhook import (
+    CHAT_TEXT_CHARS,
     MAX_TEXT_BYTES,
     WebhookOutConfig,
     WebhookSender,
@@ -155,6 +157,47 @@ async def test_long_text_is_capped(target: Target) -> None:
     assert payload["text_truncated"] is True
     assert len(payload["text"].encode()) <= MAX_TEXT_BYTES
     assert set(payload["text"]) == {"长"}
+
+
+async def test_slack_format_posts_a_chat_text(target: Target) -> None:
+    item = delivery(text="耳机有杂音\n\n想申请退款")
+    await send(target, item, format="slack")
+    [seen] = target.seen
+    assert seen.headers["Idempotency-Key"] == item.key
+    assert json.loads(seen.body) == {
+        "text": "\n".join(
+            [
+                f"*[high] shipping → after-sales* · ticket `{item.message.id}`",
+                "*From:* 王小明 &lt;wang@example.com&gt; via webhook/shop",
+                "*Subject:* 订单 A-1001",
+                "> 耳机有杂音",
+                "> 想申请退款",
+                "*Tags:* vip, 物流",
+                "*Rules:* late-shipping",
+            ]
+        )
+    }
+
+
+async def test_slack_format_keeps_customer_markup_as_text(target: Target) -> None:
+    """A customer cannot notify a channel, mention someone or disguise a link in the post."""
+    item = delivery(text="<!channel> look at <https://evil.example|your bank> & <@U024BE7LH>")
+    sender = Sender(address="x@example.com", name="<!here> boss")
+    changes = {"sender": sender, "subject": "<!everyone>\nurgent"}
+    item = dataclasses.replace(item, message=item.message.model_copy(update=changes))
+    await send(target, item, format="slack")
+    text = json.loads(target.seen[0].body)["text"]
+    assert "<" not in text
+    assert "&lt;!channel&gt; look at &lt;https://evil.example|your bank&gt; &amp; " in text
+    assert "*Subject:* &lt;!everyone&gt; urgent" in text
+    assert "*From:* &lt;!here&gt; boss &lt;x@example.com&gt;" in text
+
+
+async def test_slack_format_quotes_the_start_of_a_long_text(target: Target) -> None:
+    await send(target, delivery(text="长" * 5000), format="slack")
+    text = json.loads(target.seen[0].body)["text"]
+    [quote] = [line for line in text.splitlines() if line.startswith("> ")]
+    assert quote == "> " + "长" * (CHAT_TEXT_CHARS - 1) + "…"
 
 
 @pytest.mark.parametrize(
