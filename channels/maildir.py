@@ -18,9 +18,11 @@ hands only the two waits on the disk — the sync below and the ``fsync`` of ``n
 thread, one hop each: a thread doing the per-mail system calls gave the GIL up and took it
 back against the loop at each of them, which cost a third of the daemon's CPU. The price is
 that the loop waits for those calls, tens of microseconds per mail, longer when ext4 is
-committing its journal. Retries (which may scan ``new/`` and ``cur/``), new team folders and
-``sync: file`` go to a thread whole. How the ``tmp/`` files of a job become durable before
-their renames is the output's ``sync`` setting:
+committing its journal; a chunk that took the loop over 20 ms (a slow or saturated disk)
+sends the next 30 s of chunks to the threads, logged as ``maildir.slow_disk``. Retries (which
+may scan ``new/`` and ``cur/``), new team folders and ``sync: file`` go to a thread whole.
+How the ``tmp/`` files of a job become durable before their renames is the output's ``sync``
+setting:
 
 * ``filesystem`` (the default, on Linux): every file of the job is written, then ONE
   ``syncfs(2)`` of the file system holding the team folders makes them all durable. On ext4
@@ -56,6 +58,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import format_datetime, formataddr
@@ -81,6 +84,11 @@ _SUBJECT_CHARS = 120
 _WORD_BYTES = 42  # UTF-8 bytes per RFC 2047 encoded-word: 56 base64 characters
 _THREADS = 2  # one job writes while the other waits for its sync; more only add GIL contention
 _CHUNK = 64  # most mails one thread job writes
+# Writing a chunk on the loop normally takes tens of microseconds per mail. When it takes more
+# than this (a slow or saturated disk, a journal commit under way), the loop would stall
+# ingest: chunks go to the threads for ``_SLOW_FOR_S`` before the loop tries again.
+_SLOW_CHUNK_S = 0.02
+_SLOW_FOR_S = 30.0
 
 
 class MaildirConfig(BaseModel):
@@ -387,6 +395,8 @@ class MaildirSender:
         # tmp/ names: <base>.<pid>.<random tag>.<n>; O_EXCL refuses any clash (then retried)
         self._tmp_tag = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._tmp_count = itertools.count()
+        self._clock = time.monotonic
+        self._threads_until = 0.0  # the loop wrote a chunk too slowly: threads until then
         # Own threads: fsync waits are long, and many at once let the file system batch them.
         self._executor = ThreadPoolExecutor(
             max_workers=_THREADS, thread_name_prefix=f"maildir-{name}"
@@ -424,15 +434,17 @@ class MaildirSender:
 
         A chunk of first attempts to existing team folders, with ``sync: filesystem``, is
         written on the loop and only its syncs go to a thread (``_deliver_on_loop``); any
-        other chunk goes to a thread whole (``_deliver_many``).
+        other chunk goes to a thread whole (``_deliver_many``), and so does every chunk for
+        ``_SLOW_FOR_S`` after one took the loop more than ``_SLOW_CHUNK_S`` to write.
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
         size = max(1, min(_CHUNK, -(-len(pending) // _THREADS)))
+        on_loop = not self._per_file and self._clock() >= self._threads_until
         for start in range(0, len(pending), size):
             chunk = pending[start : start + size]
-            if self._per_file or not all(
+            if not on_loop or not all(
                 d.attempt == 1 and d.team in self._ready for _, d, _ in chunk
             ):
                 try:
@@ -472,7 +484,18 @@ class MaildirSender:
         loop = asyncio.get_running_loop()
         results: list[_Result] = [(True, False)] * len(chunk)
         try:
+            started = self._clock()
             staged = self._stage(chunk, results)
+            took = self._clock() - started
+            if took > _SLOW_CHUNK_S:
+                self._threads_until = self._clock() + _SLOW_FOR_S
+                log.warning(
+                    "maildir.slow_disk",
+                    target=self.name,
+                    mails=len(chunk),
+                    ms=round(took * 1000, 1),
+                    threads_for_s=_SLOW_FOR_S,
+                )
             if staged:
                 await loop.run_in_executor(
                     self._executor, self._make_durable, chunk, staged, results

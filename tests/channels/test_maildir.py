@@ -6,12 +6,15 @@ import asyncio
 import dataclasses
 import email
 import mailbox
+import threading
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from channels.maildir import MaildirConfig, MaildirSender, file_name
 from router.errors import PermanentFailure, TemporaryFailure
@@ -370,6 +373,37 @@ async def test_close_waits_for_the_chunks_under_way(sender: MaildirSender, tmp_p
     assert all(task.done() for task in sends)
     await asyncio.gather(*sends)
     assert len(read_all(tmp_path / "mail")) == 41
+
+
+async def test_a_slow_chunk_on_the_loop_sends_the_next_ones_to_the_threads(
+    sender: MaildirSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk so slow that writing a chunk stalls the loop: the following chunks are written
+    by the threads for a while (each slow chunk logged), then the loop tries again."""
+    import channels.maildir as maildir
+
+    await sender.send(delivery(subject="first"))  # the team folder exists from now on
+    now = [1000.0]
+    sender._clock = lambda: now[0]
+    where: list[str] = []
+    write = maildir._write_tmp
+
+    def slow_write(path: str, data: bytes, *, fsync: bool) -> None:
+        where.append(threading.current_thread().name)
+        now[0] += 1.0  # this mail took the disk a second
+        write(path, data, fsync=fsync)
+
+    monkeypatch.setattr(maildir, "_write_tmp", slow_write)
+    with structlog.testing.capture_logs() as logs:
+        await sender.send(delivery(subject="slow"))  # on the loop, too slowly
+        await sender.send(delivery(subject="next"))  # on a thread
+        now[0] += maildir._SLOW_FOR_S
+        await sender.send(delivery(subject="later"))  # on the loop again
+    loop_thread = threading.current_thread().name
+    assert where[0] == loop_thread
+    assert where[1] != loop_thread
+    assert where[2] == loop_thread
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["maildir.slow_disk"] * 2
 
 
 async def test_new_team_maildir_appears_whole_even_when_two_writers_race(tmp_path: Path) -> None:
