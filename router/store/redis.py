@@ -27,6 +27,32 @@ from router.redis import Detached, connect, detached, unavailable
 _PRUNE_EVERY = 100
 _CHUNK = 1000
 
+# A batch of decisions in one command (redis-py packs and parses each pipelined command in
+# Python: three per message cost more than the rest of a Redis delivery's bookkeeping).
+# KEYS[1] the decisions index; then per message its decision HASH and its delivered SET.
+# ARGV[1] retention ms, ARGV[2] now µs, ARGV[3] index cutoff µs; then per message its id,
+# message JSON and decision JSON. Returns per message the targets it was delivered to.
+_BEGIN_MANY = """
+local out = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local hash, a = KEYS[2 * i], 3 * i + 1
+  redis.call('HSET', hash, 'm', ARGV[a + 1], 'd', ARGV[a + 2])
+  redis.call('PEXPIRE', hash, ARGV[1])
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[a])
+  out[i] = redis.call('SMEMBERS', KEYS[2 * i + 1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+return out
+"""
+# KEYS: delivered SETs; ARGV[1] retention ms, then the target to add to each.
+_RECORD_MANY = """
+for i = 1, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[i + 1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
+
 
 class RedisStore:
     """The ``Store`` on Redis."""
@@ -40,6 +66,8 @@ class RedisStore:
         self._writes = 0
         self._ops = Detached()  # no caller's cancellation reaches redis-py (see Detached)
         self._closed = False
+        self._begin_many = client.register_script(_BEGIN_MANY)
+        self._record_many = client.register_script(_RECORD_MANY)
 
     @classmethod
     async def open(
@@ -93,18 +121,13 @@ class RedisStore:
 
     async def _begin_batch(self, records: list[tuple[Message, str]]) -> dict[str, set[str]]:
         now_us = time.time_ns() // 1000
+        keys = [self._keys.decisions]
+        args: list[str | int] = [self._retention_ms, now_us, now_us - self._retention_us]
+        for message, record in records:
+            keys += (self._keys.decision(message.id), self._keys.delivered(message.id))
+            args += (message.id, message.to_json(), record)
         with unavailable("begin_batch"):
-            pipe = self._client.pipeline(transaction=True)
-            for message, record in records:
-                key = self._keys.decision(message.id)
-                pipe.hset(key, mapping={"m": message.to_json(), "d": record})
-                pipe.pexpire(key, self._retention_ms)
-            pipe.zadd(self._keys.decisions, {message.id: now_us for message, _ in records})
-            pipe.zremrangebyscore(self._keys.decisions, "-inf", now_us - self._retention_us)
-            for message, _ in records:
-                pipe.smembers(self._keys.delivered(message.id))
-            replies = await pipe.execute()
-        members = replies[-len(records) :]
+            members = cast(list[list[bytes]], await self._begin_many(keys=keys, args=args))
         return {
             message.id: {target.decode() for target in targets}
             for (message, _), targets in zip(records, members, strict=True)
@@ -112,16 +135,13 @@ class RedisStore:
 
     @detached
     async def record_deliveries(self, deliveries: Sequence[tuple[str, str]]) -> None:
-        """Remember every ``(message_id, target)``: one pipeline."""
+        """Remember every ``(message_id, target)``: one command."""
         if not deliveries:
             return
+        keys = [self._keys.delivered(message_id) for message_id, _ in deliveries]
+        args: list[str | int] = [self._retention_ms, *(target for _, target in deliveries)]
         with unavailable("record_deliveries"):
-            pipe = self._client.pipeline(transaction=True)
-            for message_id, target in deliveries:
-                key = self._keys.delivered(message_id)
-                pipe.sadd(key, target)
-                pipe.pexpire(key, self._retention_ms)
-            await pipe.execute()
+            await self._record_many(keys=keys, args=args)
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
         """Store the message and its decision, replacing an earlier one."""

@@ -185,3 +185,26 @@ async def test_record_deliveries_is_idempotent_and_survives_reopen(stores: Store
     assert await second.delivered("m1", "售后邮箱")
     assert await second.delivered("m2", "飞书群")
     assert not await second.delivered("m2", "售后邮箱")
+
+
+async def test_redis_keys_of_a_batch_expire_after_the_retention(redis_url: str) -> None:
+    """A batch's decision hashes and delivery sets (written by one script each) carry the
+    retention as their TTL, so Redis forgets them as the SQLite store prunes them."""
+    import redis.asyncio as aioredis
+
+    from router.keys import Keys
+    from router.store.redis import RedisStore
+
+    store = await RedisStore.open(redis_url, prefix=PREFIX, retention_s=60, max_recent=10)
+    client = aioredis.from_url(redis_url)
+    try:
+        first, second = message("退款 1"), message("退款 2")
+        await store.begin_batch([(first, decision()), (second, decision())])
+        await store.record_deliveries([(first.id, "售后邮箱"), (second.id, "飞书群")])
+        keys = Keys(PREFIX)
+        for message_id in (first.id, second.id):
+            assert 0 < await client.pttl(keys.decision(message_id)) <= 60_000
+            assert 0 < await client.pttl(keys.delivered(message_id)) <= 60_000
+    finally:
+        await client.aclose()
+        await store.close()
