@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import ctypes
 import errno
 import functools
@@ -454,7 +455,9 @@ class MaildirSender:
                     continue
                 job.add_done_callback(functools.partial(_resolve_job, chunk))
             else:
-                task = loop.create_task(self._deliver_on_loop(chunk))
+                # an empty context: the chunk's log lines are about no one message (the flush
+                # runs in the context of the send that scheduled it)
+                task = loop.create_task(self._deliver_on_loop(chunk), context=contextvars.Context())
                 self._jobs.add(task)
                 task.add_done_callback(self._jobs.discard)
 

@@ -379,23 +379,28 @@ async def test_a_slow_chunk_on_the_loop_sends_the_next_ones_to_the_threads(
     sender: MaildirSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk so slow that writing a chunk stalls the loop: the following chunks are written
-    by the threads for a while (each slow chunk logged), then the loop tries again."""
+    by the threads for a while (each slow chunk logged), then the loop tries again. The
+    warning is about the disk, not about the message whose send started the chunk."""
     import channels.maildir as maildir
+    from router.logs import _MESSAGE, message_context
 
     await sender.send(delivery(subject="first"))  # the team folder exists from now on
     now = [1000.0]
     sender._clock = lambda: now[0]
     where: list[str] = []
+    contexts: list[object] = []
     write = maildir._write_tmp
 
     def slow_write(path: str, data: bytes, *, fsync: bool) -> None:
         where.append(threading.current_thread().name)
+        contexts.append(_MESSAGE.get())
         now[0] += 1.0  # this mail took the disk a second
         write(path, data, fsync=fsync)
 
     monkeypatch.setattr(maildir, "_write_tmp", slow_write)
     with structlog.testing.capture_logs() as logs:
-        await sender.send(delivery(subject="slow"))  # on the loop, too slowly
+        with message_context({"message_id": "the-sender-of-this-send"}):
+            await sender.send(delivery(subject="slow"))  # on the loop, too slowly
         await sender.send(delivery(subject="next"))  # on a thread
         now[0] += maildir._SLOW_FOR_S
         await sender.send(delivery(subject="later"))  # on the loop again
@@ -404,6 +409,7 @@ async def test_a_slow_chunk_on_the_loop_sends_the_next_ones_to_the_threads(
     assert where[1] != loop_thread
     assert where[2] == loop_thread
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["maildir.slow_disk"] * 2
+    assert contexts[0] is None
 
 
 async def test_new_team_maildir_appears_whole_even_when_two_writers_race(tmp_path: Path) -> None:
