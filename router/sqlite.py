@@ -188,8 +188,8 @@ class SqliteFile:
         the thread side); roll it back if that fails."""
         conn = self._conn
         assert conn is not None
-        self._settings(conn, on_loop=on_loop)
         try:
+            self._settings(conn, on_loop=on_loop)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
