@@ -8,7 +8,7 @@ commit (which, as it waits for no fsync, runs on the event loop). Writes commit 
 stops a second delivery after a crash. A power cut may undo the last ones; then the senders'
 own idempotency stops the duplicate (Maildir looks for the file on a retry, webhooks carry an
 ``Idempotency-Key``), so no fsync per delivery is paid. Pruning runs on open and every
-``_PRUNE_EVERY`` writes.
+``_PRUNE_EVERY`` writes, on the connection thread (a prune can take milliseconds).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from router.message import Message
-from router.sqlite import SqliteFile
+from router.sqlite import SqliteFile, transaction
 
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -137,8 +137,11 @@ class SqliteStore:
         return [_parse(row) for row in rows]
 
     async def prune(self) -> None:
-        """Drop rows older than the retention, and decisions beyond ``max_recent``."""
-        await self._db.write(_prune, time.time() - self._retention_s, self._max_recent)
+        """Drop rows older than the retention, and decisions beyond ``max_recent``.
+
+        On the connection thread, in a transaction of its own: a prune deletes up to a
+        thousand rows, milliseconds the event loop would otherwise stand still for."""
+        await self._db.run(_prune, time.time() - self._retention_s, self._max_recent)
 
     async def close(self) -> None:
         """Close the file. Idempotent."""
@@ -189,10 +192,11 @@ def _select(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> l
 
 
 def _prune(conn: sqlite3.Connection, cutoff: float, max_recent: int) -> None:
-    conn.execute("DELETE FROM deliveries WHERE at < ?", (cutoff,))
-    conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
-    conn.execute(
-        "DELETE FROM decisions WHERE seq <= "
-        "(SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-        (max_recent,),
-    )
+    with transaction(conn):
+        conn.execute("DELETE FROM deliveries WHERE at < ?", (cutoff,))
+        conn.execute("DELETE FROM decisions WHERE at < ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM decisions WHERE seq <= "
+            "(SELECT seq FROM decisions ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (max_recent,),
+        )
