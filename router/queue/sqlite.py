@@ -119,6 +119,12 @@ def _claim(
     return [(message_id, payload, attempts + 1) for message_id, payload, attempts in rows], None
 
 
+def _prune_dedupe(conn: sqlite3.Connection, now: float) -> None:
+    """Forget dedupe keys whose window has passed (a transaction of its own)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM dedupe WHERE expires <= ?", (now,))
+
+
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
     """One statement, inside the group transaction of ``SqliteFile.write``."""
     conn.execute(sql, params)
@@ -339,8 +345,8 @@ class SqliteQueue:
         """One fsync'd transaction for every waiting put; the ids to report (dedupe: the first)."""
         self._batches += 1
         now = time.time()
-        if self._batches % _PRUNE_EVERY == 0:
-            await self._db.write(_execute, "DELETE FROM dedupe WHERE expires <= ?", (now,))
+        if self._batches % _PRUNE_EVERY == 0:  # on the thread: it may delete many rows
+            await self._db.run(_prune_dedupe, now)
         ids = await self._db.write(_insert, batch, now, self._dedupe_window_s, durable=True)
         self._notify()
         return ids

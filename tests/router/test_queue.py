@@ -377,6 +377,24 @@ async def test_sqlite_settle_waits_for_another_writer_off_the_loop(state_dir: Pa
         await queue.close()
 
 
+async def test_sqlite_expired_dedupe_keys_are_pruned(state_dir: Path) -> None:
+    """Every ``_PRUNE_EVERY``-th put batch forgets the dedupe keys whose window has passed
+    (on the connection thread, in a transaction of its own)."""
+    from router.queue import sqlite as sqlite_queue
+
+    path = state_dir / "queue.sqlite3"
+    queue = await SqliteQueue.open(path, lease_s=30, max_attempts=3, dedupe_window_s=0.0)
+    try:
+        await queue.put(message(dedupe_key="telegram:update:1"))
+        queue._batches = sqlite_queue._PRUNE_EVERY - 1  # the next batch prunes
+        await queue.put(message(dedupe_key="telegram:update:2"))
+        with sqlite3.connect(path) as conn:
+            keys = [row[0] for row in conn.execute("SELECT key FROM dedupe")]
+        assert keys == ["telegram:update:2"]  # the first one's window (0 s) had passed
+    finally:
+        await queue.close()
+
+
 _CHILD = """
 import asyncio, sys
 from router.message import Message, Sender
