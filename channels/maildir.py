@@ -609,7 +609,8 @@ class MaildirSender:
         return folder
 
     def _absent(self, folder: str, delivery: Delivery) -> str | None:
-        """In a worker thread: the mail's base name if it is not delivered yet, else None."""
+        """The mail's base name if it is not delivered yet, else None (on the loop or in a
+        writer thread; only a thread job creates a team's folder)."""
         if delivery.team not in self._ready:
             with self._prepare_lock:
                 self._prepare(folder)

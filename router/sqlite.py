@@ -92,8 +92,8 @@ class SqliteFile:
 
     async def _run_on_thread(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
         async with self._busy:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._call, fn, args)
+            call = functools.partial(self._call, fn, args)
+            return await self._on_thread(asyncio.get_running_loop(), call)
 
     async def write(self, fn: Callable[..., T], *args: object, durable: bool = False) -> T:
         """Run ``fn(connection, *args)`` in the next group transaction; return its result.
@@ -247,6 +247,16 @@ def _lock(lock_path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
+    """One statement: a job for :meth:`SqliteFile.write` (inside its group transaction)."""
+    conn.execute(sql, params)
+
+
+def execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[object]]) -> None:
+    """One statement per row of parameters: a job for :meth:`SqliteFile.write`."""
+    conn.executemany(sql, rows)
 
 
 def begin(conn: sqlite3.Connection, *, durable: bool) -> None:

@@ -112,10 +112,14 @@ def _chat_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _cut(value: str, chars: int) -> str:
-    """``value`` on one line, at most ``chars`` characters, an ellipsis where it was cut."""
-    value = " ".join(value.split()) if "\n" in value or "\r" in value else value
+def _clip(value: str, chars: int) -> str:
+    """``value`` in at most ``chars`` characters, an ellipsis where it was cut."""
     return value if len(value) <= chars else value[: chars - 1] + "…"
+
+
+def _cut(value: str, chars: int) -> str:
+    """``value`` on one line, clipped (``_clip``)."""
+    return _clip(" ".join(value.split()) if "\n" in value or "\r" in value else value, chars)
 
 
 def chat_post(delivery: Delivery) -> bytes:
@@ -140,7 +144,7 @@ def chat_post(delivery: Delivery) -> bytes:
         lines.append(f"*Subject:* {_chat_escape(_cut(message.subject, _CHAT_SUBJECT_CHARS))}")
     text = message.text.strip()
     if text:
-        quoted = text if len(text) <= CHAT_TEXT_CHARS else text[: CHAT_TEXT_CHARS - 1] + "…"
+        quoted = _clip(text, CHAT_TEXT_CHARS)
         lines += ["> " + _chat_escape(line) for line in quoted.splitlines() if line.strip()]
     if delivery.tags:
         lines.append("*Tags:* " + ", ".join(_chat_escape(tag) for tag in delivery.tags))

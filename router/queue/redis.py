@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -51,9 +51,6 @@ from router.queue.redis_scripts import (
     RETRY,
 )
 from router.redis import Detached, connect, create_group, detached, unavailable
-
-T = TypeVar("T")
-P = ParamSpec("P")
 
 _BATCH = 1000  # puts per pipeline
 _POLL_S = 0.5  # longest XREADGROUP block: how often expired leases and due retries are checked

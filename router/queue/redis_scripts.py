@@ -2,7 +2,6 @@
 double-move a retry or settle a lease that was taken over. Used by ``router/queue/redis.py``.
 """
 
-# KEYS: stream, dedupe key. ARGV: payload, message id, window ms. Returns the id to report.
 # KEYS[1] stream; ARGV: payloads. One XADD each, in order: a batch of puts in one command
 # (redis-py packs and parses a pipelined XADD per message, a fifth of an ingest's CPU).
 PUT_MANY = """
@@ -12,6 +11,7 @@ end
 return #ARGV
 """
 
+# KEYS: stream, dedupe key. ARGV: payload, message id, window ms. Returns the id to report.
 PUT_DEDUPE = """
 local earlier = redis.call('GET', KEYS[2])
 if earlier then return earlier end

@@ -41,7 +41,7 @@ from router.batching import GroupCommit
 from router.errors import QueueUnavailable
 from router.message import Message
 from router.queue import DeadLetter, Lease, QueueStats
-from router.sqlite import SqliteFile, transaction
+from router.sqlite import SqliteFile, execute, execute_many, transaction
 
 T = TypeVar("T")
 
@@ -125,16 +125,6 @@ def _prune_dedupe(conn: sqlite3.Connection, now: float) -> None:
         conn.execute("DELETE FROM dedupe WHERE expires <= ?", (now,))
 
 
-def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
-    """One statement, inside the group transaction of ``SqliteFile.write``."""
-    conn.execute(sql, params)
-
-
-def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[Sequence[object]]) -> None:
-    """One statement per row of parameters, inside the group transaction."""
-    conn.executemany(sql, rows)
-
-
 def _dead_letters(conn: sqlite3.Connection, limit: int) -> list[tuple[str, str, str, int, float]]:
     return conn.execute(
         "SELECT id, payload, reason, attempts, failed_at FROM messages WHERE dead = 1 "
@@ -203,7 +193,7 @@ class SqliteQueue:
         if not admin:
             try:
                 await db.write(
-                    _execute,
+                    execute,
                     "UPDATE messages SET leased = 0, due = ?, token = NULL WHERE leased = 1",
                     (time.time(),),
                 )
@@ -243,7 +233,7 @@ class SqliteQueue:
         """Delete every message of ``leases`` for good, in one statement batch."""
         if leases:
             sql = "DELETE FROM messages WHERE id = ? AND dead = 0"
-            await self._db.write(_execute_many, sql, [(lease.message.id,) for lease in leases])
+            await self._db.write(execute_many, sql, [(lease.message.id,) for lease in leases])
 
     async def nack(self, lease: Lease, *, retry_in_s: float, reason: str) -> None:
         """Ready again in ``retry_in_s``; dead-letter once ``max_attempts`` is reached."""
@@ -251,7 +241,7 @@ class SqliteQueue:
             await self.dead_letter(lease, reason=reason)
             return
         await self._db.write(
-            _execute,
+            execute,
             "UPDATE messages SET leased = 0, due = ?, token = NULL, reason = ? "
             "WHERE id = ? AND token = ?",
             (time.time() + retry_in_s, reason, lease.message.id, lease.token),
@@ -261,7 +251,7 @@ class SqliteQueue:
     async def dead_letter(self, lease: Lease, *, reason: str) -> None:
         """Move the message to dead letters now (only if the lease is still current)."""
         await self._db.write(
-            _execute,
+            execute,
             "UPDATE messages SET dead = 1, leased = 0, token = NULL, reason = ?, failed_at = ? "
             "WHERE id = ? AND token = ?",
             (reason, time.time(), lease.message.id, lease.token),
@@ -334,7 +324,7 @@ class SqliteQueue:
 
     async def _undo_claim(self, token: str) -> None:
         await self._db.write(
-            _execute,
+            execute,
             "UPDATE messages SET leased = 0, due = ?, attempts = attempts - 1, token = NULL "
             "WHERE token = ? AND leased = 1",
             (time.time(), token),

@@ -94,15 +94,9 @@ class RedisStore:
         with unavailable("delivered"):
             return bool(await self._client.sismember(self._keys.delivered(message_id), target))
 
-    @detached
     async def record_delivery(self, message_id: str, target: str) -> None:
-        """Remember that ``message_id`` reached ``target``."""
-        key = self._keys.delivered(message_id)
-        with unavailable("record_delivery"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.sadd(key, target)
-            pipe.pexpire(key, self._retention_ms)
-            await pipe.execute()
+        """Remember that ``message_id`` reached ``target`` (``record_deliveries``)."""
+        await self.record_deliveries([(message_id, target)])
 
     async def begin_batch(
         self, decided: Sequence[tuple[Message, dict[str, Any]]]
@@ -144,23 +138,8 @@ class RedisStore:
             await self._record_many(keys=keys, args=args)
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
-        """Store the message and its decision, replacing an earlier one."""
-        record = json.dumps(decision, ensure_ascii=False)  # TypeError here, in the caller
-        await self._ops.run(self._write_decision(message, record))
-        self._writes += 1
-        if self._writes % _PRUNE_EVERY == 0:
-            await self.prune()
-
-    async def _write_decision(self, message: Message, record: str) -> None:
-        key = self._keys.decision(message.id)
-        now_us = time.time_ns() // 1000  # ULIDs of one millisecond are not ordered
-        with unavailable("record_decision"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(key, mapping={"m": message.to_json(), "d": record})
-            pipe.pexpire(key, self._retention_ms)
-            pipe.zadd(self._keys.decisions, {message.id: now_us})
-            pipe.zremrangebyscore(self._keys.decisions, "-inf", now_us - self._retention_us)
-            await pipe.execute()
+        """Store the message and its decision, replacing an earlier one (``begin_batch``)."""
+        await self.begin_batch([(message, decision)])
 
     @detached
     async def decision(self, message_id: str) -> tuple[Message, dict[str, Any]] | None:

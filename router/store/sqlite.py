@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from router.message import Message
-from router.sqlite import SqliteFile, transaction
+from router.sqlite import SqliteFile, execute_many, transaction
 
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -81,10 +81,8 @@ class SqliteStore:
         return await self._db.run(_delivered, message_id, target)
 
     async def record_delivery(self, message_id: str, target: str) -> None:
-        """Remember that ``message_id`` reached ``target`` (survives a process crash)."""
-        sql = "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)"
-        await self._db.write(_execute, sql, (message_id, target, time.time()))
-        await self._wrote()
+        """Remember that ``message_id`` reached ``target`` (``record_deliveries``)."""
+        await self.record_deliveries([(message_id, target)])
 
     async def begin_batch(
         self, decided: Sequence[tuple[Message, dict[str, Any]]]
@@ -108,19 +106,13 @@ class SqliteStore:
         now = time.time()
         rows = [(message_id, target, now) for message_id, target in deliveries]
         await self._db.write(
-            _execute_many, "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)", rows
+            execute_many, "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)", rows
         )
         await self._wrote(len(rows))
 
     async def record_decision(self, message: Message, decision: dict[str, Any]) -> None:
-        """Store the message and its decision, replacing an earlier one."""
-        record = json.dumps(decision, ensure_ascii=False)
-        sql = (
-            "INSERT OR REPLACE INTO decisions (message_id, message, decision, at) VALUES (?,?,?,?)"
-        )
-        params = (message.id, message.to_json().decode(), record, time.time())
-        await self._db.write(_execute, sql, params)
-        await self._wrote()
+        """Store the message and its decision, replacing an earlier one (``begin_batch``)."""
+        await self.begin_batch([(message, decision)])
 
     async def decision(self, message_id: str) -> tuple[Message, dict[str, Any]] | None:
         """The message and its latest decision, or ``None``."""
@@ -160,14 +152,6 @@ def _parse(row: _Record) -> tuple[Message, dict[str, Any]]:
 def _delivered(conn: sqlite3.Connection, message_id: str, target: str) -> bool:
     sql = "SELECT 1 FROM deliveries WHERE message_id = ? AND target = ?"
     return conn.execute(sql, (message_id, target)).fetchone() is not None
-
-
-def _execute(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> None:
-    conn.execute(sql, params)
-
-
-def _execute_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]]) -> None:
-    conn.executemany(sql, rows)
 
 
 def _begin_batch(

@@ -496,6 +496,16 @@ async def take_batch(queue: Queue, max_n: int) -> list[Lease]:
         return await queue.take_batch(max_n)
 
 
+async def put_and_lease(queue: Queue, n: int) -> list[Lease]:
+    """Put ``n`` messages and lease them all (a batch may come back short)."""
+    for i in range(n):
+        await queue.put(message(f"消息 {i}"))
+    leases: list[Lease] = []
+    while len(leases) < n:
+        leases.extend(await take_batch(queue, n))
+    return leases
+
+
 async def test_take_batch_leases_up_to_max_n_each_once(queue: Queue) -> None:
     sent = [message(f"退款 {i}") for i in range(7)]
     for item in sent:
@@ -522,11 +532,7 @@ async def test_take_batch_waits_for_a_put(queue: Queue) -> None:
 
 
 async def test_ack_batch_removes_only_the_given_leases(queue: Queue) -> None:
-    for i in range(4):
-        await queue.put(message(f"消息 {i}"))
-    leases: list[Lease] = []
-    while len(leases) < 4:
-        leases.extend(await take_batch(queue, 4))
+    leases = await put_and_lease(queue, 4)
     await queue.ack_batch(leases[:3])
     await queue.ack_batch([])
     assert await queue.stats() == QueueStats(ready=0, leased=1, delayed=0, dead=0)
@@ -535,11 +541,7 @@ async def test_ack_batch_removes_only_the_given_leases(queue: Queue) -> None:
 
 
 async def test_leases_of_one_batch_settle_independently(queue: Queue) -> None:
-    for i in range(3):
-        await queue.put(message(f"消息 {i}"))
-    leases: list[Lease] = []
-    while len(leases) < 3:
-        leases.extend(await take_batch(queue, 3))
+    leases = await put_and_lease(queue, 3)
     done, retried, dead = leases
     await queue.nack(retried, retry_in_s=0, reason="稍后")
     await queue.dead_letter(dead, reason="永久失败")

@@ -416,13 +416,19 @@ def test_test_json_has_each_case_its_differences_and_coverage(tmp_path: Path) ->
     assert "coverage" not in json.loads(passing.stdout)
 
 
-def test_test_json_lists_test_file_problems(tmp_path: Path) -> None:
+def misspelt_test_file(tmp_path: Path) -> Path:
+    """A test file whose one case expects ``teem`` (line 5, column 14: E100)."""
     path = tmp_path / "t.test.yaml"
     path.write_text(
         f"rules: {EXAMPLE_RULES}\ntests:\n  - name: x\n    message: {{text: 你好}}\n"
         "    expect: {teem: triage}\n",
         encoding="utf-8",
     )
+    return path
+
+
+def test_test_json_lists_test_file_problems(tmp_path: Path) -> None:
+    path = misspelt_test_file(tmp_path)
     result = run("rules", "test", path, "--format", "json")
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
@@ -438,12 +444,7 @@ def test_test_json_lists_test_file_problems(tmp_path: Path) -> None:
 
 
 def test_test_file_errors_exit_1_with_positions(tmp_path: Path) -> None:
-    path = tmp_path / "t.test.yaml"
-    path.write_text(
-        f"rules: {EXAMPLE_RULES}\ntests:\n  - name: x\n    message: {{text: 你好}}\n"
-        "    expect: {teem: triage}\n",
-        encoding="utf-8",
-    )
+    path = misspelt_test_file(tmp_path)
     result = run("rules", "test", path)
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == (
