@@ -50,10 +50,10 @@ class Scan:
     subject hit, one starting after the newline a body hit.
     """
 
-    __slots__ = ("_found", "found_ids", "found_rx", "full", "prog", "reader")
+    __slots__ = ("_found", "found_ids", "found_rx", "prog", "reader")
 
-    def __init__(self, prog: Program, reader: FieldReader, full: bool) -> None:
-        self.prog, self.reader, self.full = prog, reader, full
+    def __init__(self, prog: Program, reader: FieldReader) -> None:
+        self.prog, self.reader = prog, reader
         self._found: dict[tuple[str, View], list[list[Match]]] = {}
         # (field, view) → keyword ids found / regex ids matched; nodes read these directly
         self.found_ids: dict[tuple[str, View], set[int]] = {}
@@ -256,7 +256,7 @@ def _number_rules(
 
 def _evaluate(ruleset: RuleSet, facts: Facts, explain: bool) -> Decision:
     prog = ruleset.program
-    scan = Scan(prog, FieldReader(facts, ruleset.views, ruleset.scan_limit), explain)
+    scan = Scan(prog, FieldReader(facts, ruleset.views, ruleset.scan_limit))
     trace: list[RuleTrace] = []
     rules = prog.rules
     if explain:  # every rule, every leaf recorded with its spans

@@ -18,6 +18,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Literal
 
+from rules.model import NUMBER_OPS
 from rules.normalize import Pipeline, View, canonical
 
 Kind = Literal["text", "string", "number", "time"]
@@ -49,7 +50,7 @@ def operator_applies(op: str, kind: Kind, field: str) -> bool:
         return True
     if kind == "time":
         return False
-    if op in ("gt", "gte", "lt", "lte", "between"):
+    if op in NUMBER_OPS:
         return kind == "number" or field.startswith(("header.", "fields."))
     if kind == "number":
         return op in ("equals", "not_equals", "in", "not_in")
@@ -222,9 +223,7 @@ class FieldReader:
 
     __slots__ = ("_bytes", "_cuts", "_raw", "_strings", "facts", "scan_limit", "views")
 
-    def __init__(
-        self, facts: Facts, views: Mapping[View, Callable[[str], str]], scan_limit: int
-    ) -> None:
+    def __init__(self, facts: Facts, views: Mapping[View, Pipeline], scan_limit: int) -> None:
         self.facts, self.views, self.scan_limit = facts, views, scan_limit
         self._raw: dict[str, tuple[object, ...] | None] = {}
         self._strings: dict[tuple[str, View], tuple[str, ...] | None] = {}
@@ -288,9 +287,8 @@ class FieldReader:
         else:
             raw = self.raw(name)
             one = raw[0] if raw is not None and len(raw) == 1 else None
-            encode = getattr(self.views[view], "encode", None)  # a rules.normalize.Pipeline
-            if type(one) is str and len(one) <= self.scan_limit and encode is not None:
-                value = (encode(one),)  # the common case, inlined
+            if type(one) is str and len(one) <= self.scan_limit:
+                value = (self.views[view].encode(one),)  # the common case, inlined
             else:
                 value = self._normalised(name, view, encode=True)  # type: ignore[assignment]
         self._bytes[key] = value
@@ -307,7 +305,7 @@ class FieldReader:
         t2s converts phrases, which a newline may not end: not with t2s.
         """
         norm = self.views[view]
-        if not isinstance(norm, Pipeline) or norm.t2s is not None:
+        if norm.t2s is not None:
             return _UNSET
         first, rest = self.facts.subject, self.facts.body
         if type(first) is not str or type(rest) is not str or "\n" in first:
@@ -333,9 +331,8 @@ class FieldReader:
         raw = self.raw(name)
         if raw is None:
             return None
-        norm = self.views[view]
-        if encode:  # a rules.normalize.Pipeline encodes itself (casefolding on the bytes)
-            norm = getattr(norm, "encode", None) or (lambda text, n=norm: n(text).encode())
+        pipeline = self.views[view]
+        norm: Callable[[str], str | bytes] = pipeline.encode if encode else pipeline
         limit = self.scan_limit
         out = []
         for item in raw:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-from rules.source import Document, Problem, Severity, YamlFileError, load_yaml, position
+from rules.source import Document, Problem, YamlFileError, load_yaml, position
 from rules.yaml12 import YamlMap, YamlSeq
 
 __all__ = ["INCLUDED_KEYS", "SUFFIXES", "MergedDocument", "Tree", "listing", "read_files"]
@@ -55,22 +55,6 @@ class MergedDocument(Document):
     def by_file(self, file: str) -> Document:
         """The document read from ``file``."""
         return self.docs.get(file, self)
-
-    def problem(
-        self,
-        path: Any,
-        code: str,
-        message: str,
-        *,
-        severity: Severity = "error",
-        at: Literal["key", "value"] = "value",
-    ) -> Problem:
-        """A problem at ``path`` in the merged tree, in the file that wrote that node."""
-        doc = self.origin(path)
-        line, col, width = position(self.data, path, at=at)
-        return Problem(
-            doc.file, line, col, code, message, severity, doc.line_text(line), width=width
-        )
 
 
 @dataclass

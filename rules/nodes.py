@@ -175,7 +175,7 @@ class RegexNode(LeafNode):
         ok = self.rid in found
         if rec is None:
             return ok
-        if not ok or not scan.full:  # spans cost one more search: explain only
+        if not ok:  # (spans cost one more search: explain only, as rec is)
             return self.record(rec, ok, ())
         values = scan.reader.encoded(self.field, self.view) or ()
         spans = []
@@ -309,7 +309,7 @@ class AllNode:
         self.children = children
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        if scan.full:
+        if rec is not None:  # explain: every child, for the trace
             return all([c.test(scan, rec) for c in self.children])
         for child in self.children:  # noqa: SIM110 -- a loop is faster than all(generator)
             if not child.test(scan, rec):
@@ -359,7 +359,7 @@ class AnyNode:
         self.children = children
 
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
-        if scan.full:
+        if rec is not None:  # explain: every child, for the trace
             return any([c.test(scan, rec) for c in self.children])
         for child in self.children:  # noqa: SIM110 -- a loop is faster than any(generator)
             if child.test(scan, rec):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rules.calendars import Calendar
 from rules.model import Defaults, Rule, SlaPolicy, Team
-from rules.normalize import View
+from rules.normalize import Pipeline, View
 from rules.source import Problem
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class RuleSet:
     categories: tuple[str, ...] | None
     sla: Mapping[str, SlaPolicy]
     calendars: Mapping[str, Calendar]
-    views: Mapping[View, Callable[[str], str]] = field(repr=False)
+    views: Mapping[View, Pipeline] = field(repr=False)
     scan_limit: int
     timezone: str
     program: Program = field(repr=False)

@@ -128,16 +128,18 @@ class Document:
         severity: Severity = "error",
         at: Literal["key", "value"] = "value",
     ) -> Problem:
-        """A problem placed at the node ``path`` leads to (or its nearest existing parent)."""
+        """A problem placed at the node ``path`` leads to (or its nearest existing parent),
+        in the file that wrote that node (``origin``: an included file's, once merged)."""
+        src = self.origin(path)
         line, col, width = position(self.data, path, at=at)
         return Problem(
-            self.file,
+            src.file,
             line,
             col,
             code,
             message,
             severity,
-            source_line=self.line_text(line),
+            source_line=src.line_text(line),
             width=width,
         )
 
