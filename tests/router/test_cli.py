@@ -215,11 +215,15 @@ async def test_kill_9_after_202_delivers_exactly_once_after_restart(tmp_path: Pa
 
 
 async def test_sigterm_stops_cleanly_and_sighup_keeps_rules_on_error(tmp_path: Path) -> None:
+    """SIGHUP with a broken file keeps the old rules; then with a good one, which takes
+    effect; SIGTERM exits 0."""
     web_port, admin_port = free_port(), free_port()
     config = write_config(tmp_path, webhook_port=web_port, admin_port=admin_port)
+    rules, root = tmp_path / "rules.yaml", tmp_path / "state" / "maildir"
+    good = rules.read_text()
     async with daemon_process(config, admin_port) as proc:
         assert await asyncio.to_thread(metric, admin_port, RELOAD_OK) == 1
-        (tmp_path / "rules.yaml").write_text("version: 1\nrules: [\n")
+        rules.write_text("version: 1\nrules: [\n")
         proc.send_signal(signal.SIGHUP)
         async with asyncio.timeout(30):
             while await asyncio.to_thread(metric, admin_port, RELOAD_OK) != 0:  # noqa: ASYNC110
@@ -227,9 +231,23 @@ async def test_sigterm_stops_cleanly_and_sighup_keeps_rules_on_error(tmp_path: P
         status, _ = await asyncio.to_thread(post, web_port, README_MESSAGE)
         assert status == 202
         async with asyncio.timeout(30):
-            await wait_for_mail(tmp_path / "state" / "maildir", "aftersales")
+            await wait_for_mail(root, "aftersales")
+        # a good edit: after-sales messages go to the complaints desk now
+        edited = good.replace("set: {team: aftersales,", "set: {team: complaints,")
+        assert edited != good
+        rules.write_text(edited)
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(30):
+            while await asyncio.to_thread(metric, admin_port, RELOAD_OK) != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        status, _ = await asyncio.to_thread(post, web_port, README_MESSAGE)
+        assert status == 202
+        async with asyncio.timeout(30):
+            await wait_for_mail(root, "complaints")
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert len(maildir_messages(root, "aftersales")) == 1
+    assert len(maildir_messages(root, "complaints")) == 1
 
 
 def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
