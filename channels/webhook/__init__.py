@@ -14,7 +14,9 @@ Endpoints:
   401. The message's source is the input's name.
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while accepting, 503 ``{"status": "stopping"}``.
 
-Body: ``Content-Type: application/json``, UTF-8, at most ``max_body_bytes``::
+Body: ``Content-Type: application/json``, UTF-8 (or the charset the header declares, as older
+Chinese web forms send ``charset=GBK``; GB2312/GBK read as GB18030, Big5 as Big5-HKSCS), at
+most ``max_body_bytes``::
 
     {
       "from": "cust-42",                   required, non-blank string: customer id or address
@@ -31,10 +33,11 @@ a 400 rather than silently dropping one). Optional header ``Idempotency-Key``: a
 the same key gets the first message's id and queues nothing new.
 
 Answers: 202 ``{"id": "<message id>"}`` only once the message is durable. Every error is
-``{"error": "<what is wrong>", "field": "<body field>" | null}``: 400 invalid JSON, non-UTF-8
-or a bad field; 401 missing or wrong signature/token; 404 unknown source; 413 body over
-``max_body_bytes``; 415 not ``application/json``; 503 with ``Retry-After`` while the queue is
-unavailable or the input is stopping. Nothing is half-accepted: any error means nothing queued.
+``{"error": "<what is wrong>", "field": "<body field>" | null}``: 400 invalid JSON, text not
+in its charset or a bad field; 401 missing or wrong signature/token; 404 unknown source; 413
+body over ``max_body_bytes``; 415 not ``application/json`` or an unknown charset; 503 with
+``Retry-After`` while the queue is unavailable or the input is stopping. Nothing is
+half-accepted: any error means nothing queued.
 
 Outbound, :class:`WebhookSender` (``type: webhook`` output): one JSON ticket notification per
 delivery (see :func:`notification`), with ``Idempotency-Key`` and the same HMAC signature.

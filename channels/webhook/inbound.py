@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import hmac
 import re
@@ -130,6 +131,26 @@ def _explain(exc: ValidationError, body: bytes) -> tuple[str, str | None]:
         return "body must be a JSON object", None
     field = ".".join(str(part) for part in error["loc"])
     return f"'{field}' {_PROBLEMS.get(error['type'], error['msg'])}", field
+
+
+# Declared charsets read as their supersets: a form page labelled GB2312 or Big5 often sends
+# characters only GBK/GB18030 or Big5-HKSCS have (as mail readers do).
+_SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "big5": "big5hkscs"}
+
+
+def _as_utf8(body: bytes, charset: str) -> bytes:
+    """``body``, declared to be in ``charset``, as UTF-8 (JSON's own encoding, RFC 8259):
+    older Chinese web forms send GBK or Big5 and say so. Raises ``_Rejected``."""
+    try:
+        codec = codecs.lookup(_SUPERSETS.get(charset.lower(), charset)).name
+        if codec == "utf-8":
+            return body
+        return body.decode(codec).encode()
+    except UnicodeDecodeError as bad:
+        error = f"body is not valid {charset} (byte {bad.start})"
+        raise _Rejected(400, "bad_request", error) from None
+    except LookupError:  # no such codec, or not a text encoding (base64, rot13)
+        raise _Rejected(415, "unsupported_type", f"unknown charset {charset!r}") from None
 
 
 class _Rejected(Exception):
@@ -297,6 +318,8 @@ class WebhookChannel:
             raise self._too_large() from None
         if not source.signature_ok(request, body):
             raise _Rejected(401, "unauthorized", f"missing or wrong signature in {source.header}")
+        if request.charset is not None:  # (the signature covers the bytes as sent)
+            body = _as_utf8(body, request.charset)
         return self._parse(source, body, request.headers.get("Idempotency-Key"))
 
     def _too_large(self) -> _Rejected:

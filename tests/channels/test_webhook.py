@@ -260,6 +260,40 @@ async def test_bad_body_names_the_field(
     assert sink.messages == []
 
 
+@pytest.mark.parametrize(
+    ("charset", "encoding"),
+    [("GBK", "gbk"), ("gb2312", "gb18030"), ("Big5", "big5hkscs"), ("utf-8", "utf-8")],
+)
+async def test_declared_charset_is_read(
+    api: Api, sink: RecordingSink, charset: str, encoding: str
+) -> None:
+    text = "我的订单还没有发货，镕" if encoding != "big5hkscs" else "我的訂單還沒有發貨，嘅"
+    raw = json.dumps({"from": "cust-42", "text": text}, ensure_ascii=False).encode(encoding)
+    status, _, _ = await api.post(
+        "/v1/messages", raw, content_type=f"application/json; charset={charset}"
+    )
+    assert status == 202
+    assert [m.text for m in sink.messages] == [text]
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw", "status", "error"),
+    [
+        ("gbk", b'{"from": "c1", "text": "\x81"}', 400, "body is not valid gbk (byte 24)"),
+        ("klingon", b'{"from": "c1", "text": "hi"}', 415, "unknown charset 'klingon'"),
+        ("base64", b'{"from": "c1", "text": "hi"}', 415, "unknown charset 'base64'"),
+    ],
+)
+async def test_bad_or_unknown_charset_is_refused(
+    api: Api, sink: RecordingSink, charset: str, raw: bytes, status: int, error: str
+) -> None:
+    got, body, _ = await api.post(
+        "/v1/messages", raw, content_type=f"application/json; charset={charset}"
+    )
+    assert (got, body["error"]) == (status, error)
+    assert sink.messages == []
+
+
 async def test_unknown_source_is_404(api: Api, sink: RecordingSink) -> None:
     status, body, _ = await api.post("/v1/messages/nope", encode(GOOD))
     assert status == 404
