@@ -28,9 +28,11 @@ most ``max_body_bytes``::
       "fields": {"order_id": "A-1001", "tier": "gold"}   optional object, for rules
     }
 
-Any other top-level key is kept in ``fields`` (the same key at top level and in ``fields`` is
-a 400 rather than silently dropping one). Optional header ``Idempotency-Key``: a retry with
-the same key gets the first message's id and queues nothing new.
+A lone surrogate escape (``"\\ud83d"``, half an emoji) becomes U+FFFD instead of a 400 (what
+the queue and a Maildir hold is UTF-8). Any other top-level key is kept in ``fields`` (the
+same key at top level and in ``fields`` is a 400 rather than silently dropping one). Optional
+header ``Idempotency-Key``: a retry with the same key gets the first message's id and queues
+nothing new.
 
 Answers: 202 ``{"id": "<message id>"}`` only once the message is durable. Every error is
 ``{"error": "<what is wrong>", "field": "<body field>" | null}``: 400 invalid JSON, text not

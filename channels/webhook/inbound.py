@@ -6,6 +6,7 @@ import asyncio
 import codecs
 import hashlib
 import hmac
+import json
 import re
 from typing import Any, Final, Literal
 
@@ -151,6 +152,41 @@ def _as_utf8(body: bytes, charset: str) -> bytes:
         raise _Rejected(400, "bad_request", error) from None
     except LookupError:  # no such codec, or not a text encoding (base64, rot13)
         raise _Rejected(415, "unsupported_type", f"unknown charset {charset!r}") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _with_lone_surrogates(raw: bytes, exc: ValidationError) -> _Body | None:
+    """The body, when its JSON was refused only for a lone surrogate escape (``"\\ud83d"``,
+    half an emoji: a form that cut a string by UTF-16 units sends it, and JSON allows it),
+    each such half replaced by U+FFFD, which UTF-8 (the queue, Maildir) can hold; else None.
+    """
+    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    if first["type"] != "json_invalid" or b"\\u" not in raw.lower():
+        return None
+    try:  # (UTF-8 only, no NaN: as strict as the first parser but for the surrogates)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except ValueError:
+        return None
+    try:
+        return _Body.model_validate(_replace_surrogates(data))
+    except ValidationError:
+        return None  # another problem too: reported as the JSON parser saw it
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _replace_surrogates(node: Any) -> Any:
+    if isinstance(node, str):
+        return _SURROGATE.sub("\ufffd", node)
+    if isinstance(node, list):
+        return [_replace_surrogates(item) for item in node]
+    if isinstance(node, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in node.items()}
+    return node
 
 
 class _Rejected(Exception):
@@ -329,7 +365,9 @@ class WebhookChannel:
         try:
             body = _Body.model_validate_json(raw)
         except ValidationError as exc:
-            raise _Rejected(400, "bad_request", *_explain(exc, raw)) from None
+            body = _with_lone_surrogates(raw, exc)
+            if body is None:
+                raise _Rejected(400, "bad_request", *_explain(exc, raw)) from None
         fields = body.fields
         if body.model_extra:
             for key in body.model_extra.keys() & fields.keys():

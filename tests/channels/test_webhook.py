@@ -261,6 +261,42 @@ async def test_bad_body_names_the_field(
 
 
 @pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (b'{"from": "c1", "text": "cut \\ud83d"}', "cut \ufffd"),
+        (b'{"from": "c1", "text": "\\uDE00 low half first"}', "\ufffd low half first"),
+        (b'{"from": "c1", "text": "whole \\ud83d\\ude00", "x": "\\ud800"}', "whole \U0001f600"),
+    ],
+)
+async def test_lone_surrogate_escapes_become_replacement_characters(
+    api: Api, sink: RecordingSink, raw: bytes, text: str
+) -> None:
+    status, _, _ = await api.post("/v1/messages", raw)
+    assert status == 202
+    [message] = sink.messages
+    assert message.text == text
+    assert message.fields.get("x", "\ufffd") == "\ufffd"
+    message.to_json()  # serialisable: no surrogate left
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"from": "c1", "text": "\\ud83d", "fields": [1]}',  # a bad field as well
+        b'{"from": "c1", "text": "\\ud83d", "n": NaN}',  # not JSON as well
+        b'{"from": "c1", "text": "\\ud83d"',  # truncated as well
+    ],
+)
+async def test_lone_surrogate_with_another_problem_is_still_refused(
+    api: Api, sink: RecordingSink, raw: bytes
+) -> None:
+    status, body, _ = await api.post("/v1/messages", raw)
+    assert status == 400
+    assert body["error"].startswith("Invalid JSON")
+    assert sink.messages == []
+
+
+@pytest.mark.parametrize(
     ("charset", "encoding"),
     [("GBK", "gbk"), ("gb2312", "gb18030"), ("Big5", "big5hkscs"), ("utf-8", "utf-8")],
 )
