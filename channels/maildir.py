@@ -82,6 +82,13 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _NOT_LOCAL = re.compile(r"[^A-Za-z0-9_+-]+")
 _SUBJECT_CHARS = 120
+# Header values are cut to this many characters ("…" marks the cut), so that no header line
+# passes RFC 5322's 998 octets (Dovecot and mail readers may refuse or cut such a mail); the
+# queue keeps the whole value. A display name is cut shorter: From keeps it one encoded-word,
+# up to 4 UTF-8 bytes a character, before an address of up to 254.
+_HEADER_CHARS = 400
+_NAME_CHARS = 120
+_ADDRESS_CHARS = 254  # RFC 5321's longest address; a longer "address" is an id
 _WORD_BYTES = 42  # UTF-8 bytes per RFC 2047 encoded-word: 56 base64 characters
 _THREADS = 2  # one job writes while the other waits for its sync; more only add GIL contention
 _CHUNK = 64  # most mails one thread job writes
@@ -124,11 +131,13 @@ def _encodable(value: str) -> str:
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
-def _header(value: str) -> str:
-    """A header value with CR, LF and other control characters replaced by spaces."""
-    if value.isprintable():  # no control character, no lone surrogate: nothing to replace
-        return value.strip()
-    return _CONTROL.sub(" ", _encodable(value)).strip()
+def _header(value: str, limit: int = _HEADER_CHARS) -> str:
+    """A header value with CR, LF and other control characters replaced by spaces, cut to
+    ``limit`` characters."""
+    if not value.isprintable():  # a control character or a lone surrogate: replace them
+        value = _CONTROL.sub(" ", _encodable(value))
+    value = value.strip()
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
 
 
 def _from(message: Message) -> str:
@@ -136,12 +145,13 @@ def _from(message: Message) -> str:
 
     The display name is RFC 2047 encoded when it is not ASCII.
     """
-    name, address = _header(message.sender.name), _header(message.sender.address)
-    if not _EMAIL.fullmatch(address):
+    name = _header(message.sender.name, _NAME_CHARS)
+    address = _header(message.sender.address, len(message.sender.address))  # whole: hashed
+    if len(address) > _ADDRESS_CHARS or not _EMAIL.fullmatch(address):
         local = _NOT_LOCAL.sub("_", address).strip("_")[:48]
         if local != address:  # keep distinct ids distinct once their odd characters are gone
             local = f"{local or 'id'}-{hashlib.sha1(address.encode()).hexdigest()[:8]}"
-        name = name or address
+        name = name or _header(address, _NAME_CHARS)
         address = f"{local}@{message.channel}.invalid"
     if name.isascii():
         return formataddr((name, address))  # quotes the display name where RFC 5322 needs it

@@ -299,6 +299,31 @@ async def test_long_non_ascii_headers_round_trip_within_line_limits(
     assert mail["From"].addresses[0].display_name == "王" * 40
 
 
+@pytest.mark.parametrize(
+    ("address", "name", "subject"),
+    [
+        ("a" * 100_000, "", "x" * 5_000),  # an id of 100 k characters, no spaces anywhere
+        ("cust@example.cn", "王" * 3_000, "退" * 3_000),
+        ("x" * 300 + "@example.cn", "Wang " * 1_000, "refund " * 1_000),  # too long for email
+    ],
+)
+async def test_huge_header_values_are_cut_within_line_limits(
+    sender: MaildirSender, tmp_path: Path, address: str, name: str, subject: str
+) -> None:
+    """No header line passes RFC 5322's 998 octets, however long what the customer sent."""
+    await sender.send(delivery(subject=subject, sender=Sender(address=address, name=name)))
+    [file] = files(tmp_path / "mail")
+    raw = (tmp_path / "mail" / "after-sales" / "new" / file).read_bytes()
+    head = raw.split(b"\n\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\n")) <= 998
+    [mail] = read_all(tmp_path / "mail")
+    assert mail["Subject"].endswith("…")
+    assert subject.startswith(mail["Subject"][:-1].strip())
+    shown = mail["From"].addresses[0]
+    assert shown.display_name.endswith("…")
+    assert len(shown.addr_spec) <= 254
+
+
 @pytest.mark.parametrize("sync", ["filesystem", "file"])
 async def test_both_sync_modes_deliver_a_batch(tmp_path: Path, sync: str) -> None:
     config = MaildirConfig.model_validate({"type": "maildir", "path": tmp_path / "m", "sync": sync})
