@@ -40,7 +40,7 @@ class message_context:
 
     def __init__(self, fields: Mapping[str, Any]) -> None:
         self._fields = fields
-        self._token: Token[Mapping[str, Any] | None] | None = None
+        self._token: Token[Mapping[str, Any] | None]
 
     def __enter__(self) -> None:
         self._token = _MESSAGE.set(self._fields)
@@ -51,8 +51,7 @@ class message_context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            _MESSAGE.reset(self._token)
+        _MESSAGE.reset(self._token)
 
 
 def merge_message_context(
@@ -106,7 +105,6 @@ def setup(level: str = "info", *, fmt: str = "auto") -> None:
     journald = under_journald()
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty() and not journald)
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
         merge_message_context,
         structlog.processors.add_log_level,
         redact,

@@ -93,7 +93,7 @@ class SqliteFile:
     async def _run_on_thread(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
         async with self._busy:
             call = functools.partial(self._call, fn, args)
-            return await self._on_thread(asyncio.get_running_loop(), call)
+            return await self._on_thread(call)
 
     async def write(self, fn: Callable[..., T], *args: object, durable: bool = False) -> T:
         """Run ``fn(connection, *args)`` in the next group transaction; return its result.
@@ -111,26 +111,25 @@ class SqliteFile:
         due to checkpoint, then on the thread (one hop); the whole batch on the thread when
         another process holds the write lock."""
         durable = any(durable for _, _, durable in jobs)
-        loop = asyncio.get_running_loop()
         async with self._busy:
             try:
                 out = self._run_jobs(jobs, durable=durable)
             except _Busy:  # wait for the other process's lock on the thread
                 self._loop_batches = 0
                 run = functools.partial(self._run_batch, jobs, durable)
-                return await self._on_thread(loop, run)
+                return await self._on_thread(run)
             if durable or self._loop_batches >= _THREAD_EVERY:
                 self._loop_batches = 0
-                await self._on_thread(loop, functools.partial(self._commit, on_loop=False))
+                await self._on_thread(functools.partial(self._commit, on_loop=False))
             else:
                 self._loop_batches += 1
                 self._commit(on_loop=True)
             return out
 
-    async def _on_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> T:
+    async def _on_thread(self, fn: Callable[[], T]) -> T:
         """``fn()`` on the connection thread; if cancelled meanwhile, still wait for it to end
         (the caller holds ``_busy``: the connection is the thread's until then)."""
-        future = loop.run_in_executor(self._executor, fn)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -13,7 +13,7 @@
   not even tested when the atom is *sure*, enough for the condition to hold (``entry``);
   an ``all`` whose atoms are sure for the child they come from tests only its other
   children (``AllNode.residual``).
-* The subject's regexes also go into the text's set, as a guard (``_guards``).
+* The subject's regexes also go into the text's set, as a guard (``_add_guards``).
 """
 
 from __future__ import annotations
@@ -80,16 +80,16 @@ class RegexSet:
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.regexes = [compile_regex(p) for p in patterns]
-        self._set: Any = re2.Set.SearchSet(options())
+        regex_set: Any = re2.Set.SearchSet(options())
         for pattern in patterns:
-            self._set.Add(pattern)
+            regex_set.Add(pattern)
         try:
-            self._set.Compile()
+            regex_set.Compile()
         except re2.error:  # too big for RE2's set memory: search one by one instead
-            self._set = None
+            regex_set = None
         # The wrapper's Match only encodes str and maps [] to None; it is called per message
         # with bytes, so call the extension's set (when the wrapper still exposes it) directly.
-        self._match = getattr(self._set, "_set", self._set)
+        self._match = getattr(regex_set, "_set", regex_set)
 
     def matches(self, hay: bytes) -> list[int]:
         """Indexes of the patterns found in the UTF-8 text ``hay``."""
@@ -129,7 +129,7 @@ class Program:
     always: frozenset[int]  # entries of the rules without a required atom: evaluated always
     stats: Mapping[str, int] = field(default_factory=dict)
     # ("subject", view) → ids, in the text's set of that view, of every subject regex: when
-    # none matched the text, none matches the subject (``_guards``)
+    # none matched the text, none matches the subject (``_add_guards``)
     regex_guards: Mapping[Key, frozenset[int]] = field(default_factory=dict)
     # per rule, what the routine evaluation reads of it (``_routine``)
     routine: tuple[Routine, ...] = ()
@@ -207,7 +207,7 @@ def _routine(rules: Sequence[CompiledRule], tests: Sequence[Any]) -> tuple[Routi
     return tuple(out)
 
 
-def _guards(patterns: dict[Key, dict[str, int]]) -> dict[Key, frozenset[int]]:
+def _add_guards(patterns: dict[Key, dict[str, int]]) -> dict[Key, frozenset[int]]:
     """Add the subject's regexes of a view to its text's set, when it has one, as a guard.
 
     A regex that matches the subject matches the text (subject + "\\n" + body) there too,
@@ -291,8 +291,8 @@ def compile_program(rules: Sequence[Rule], calendars: Mapping[str, Calendar]) ->
         for key, table in builder.keywords.items()
         if table
     }
-    regex_count = sum(len(t) for t in builder.patterns.values())
-    regex_guards = _guards(builder.patterns)
+    regex_count = sum(len(t) for t in builder.patterns.values())  # before the guards join
+    regex_guards = _add_guards(builder.patterns)  # (the sets and ``rx_index`` see them)
     regex_sets = {key: RegexSet(list(table)) for key, table in builder.patterns.items() if table}
     index, always, tests = _index(compiled, builder.values)
     kw_index = tuple(

@@ -145,7 +145,7 @@ class Scan:
         """Run the regex set of ``key`` (field, view) over the field's values; cache the ids."""
         guard = self.prog.regex_guards.get(key)
         if guard is not None and guard.isdisjoint(self.regex_matches("text", key[1])):
-            values = None  # none of the subject's regexes matched the text (compiler._guards)
+            values = None  # none of the subject's regexes matched the text (compiler._add_guards)
         else:
             values = self.reader.encoded(*key)
         found: Collection[int]
@@ -258,10 +258,9 @@ def _evaluate(ruleset: RuleSet, facts: Facts, explain: bool) -> Decision:
     prog = ruleset.program
     scan = Scan(prog, FieldReader(facts, ruleset.views, ruleset.scan_limit))
     trace: list[RuleTrace] = []
-    rules = prog.rules
     if explain:  # every rule, every leaf recorded with its spans
         acc = Accumulator()
-        for compiled in rules:
+        for compiled in prog.rules:
             rec: list[ConditionTrace] = []
             node = compiled.node
             matched = node is None or node.test(scan, rec)

@@ -29,10 +29,6 @@ Weigh = Callable[[Trigger], float]  # how often an atom is expected to be satisf
 _RANK = {"kw": 0, "rx": 1, "val": 2, "num": 3, "ex": 3}
 
 
-def _each(trigger: Trigger) -> float:
-    return 1.0
-
-
 _MAX_SPANS = 16
 _new_trace = _new_span = tuple.__new__  # builds NamedTuples without keyword handling
 COMPARE: dict[str, Callable[[float, float], bool]] = {
@@ -77,7 +73,7 @@ class LeafNode:
             )
         return ok
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         return None
 
 
@@ -147,8 +143,8 @@ class KeywordNode(LeafNode):
             spans.append(Span(field, chars, chars + len(keyword), keyword))
         return tuple(spans)
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
-        key = (self.scope, self.view)
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
+        key = self.scope_key
         if self.every:  # one keyword is required: take the longest (likely the rarest)
             longest = max(self.ids, key=lambda k: len(self.keywords[k]))
             return [("kw", key, longest, False)]
@@ -189,7 +185,7 @@ class RegexNode(LeafNode):
                 )
         return self.record(rec, ok, tuple(spans))
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         return [("rx", (self.field, self.view), self.rid, True)]
 
 
@@ -219,7 +215,7 @@ class ValueNode(LeafNode):
             )
         return self.record(rec, ok, spans)
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         if self.negate:
             return None
         return [("val", (self.field, self.view), v, True) for v in sorted(self.values)]
@@ -243,7 +239,7 @@ class AffixNode(LeafNode):
             ok = any(v.endswith(self.affixes) for v in values)
         return self.record(rec, ok, ())
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         return [("ex", self.field, None, False)]  # a missing field starts and ends with nothing
 
 
@@ -256,7 +252,7 @@ class ExistsNode(LeafNode):
         ok = (scan.reader.raw(self.field) is not None) == self.leaf.value
         return self.record(rec, ok, ())
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         return [("ex", self.field, None, True)] if self.leaf.value else None
 
 
@@ -279,7 +275,7 @@ class NumberNode(LeafNode):
                 break
         return ok if rec is None else self.record(rec, ok, ())
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         if self.leaf.op == "between":  # a value >= low is needed: the index tests that
             return [("num", self.field, ("gte", self.limit[0]), False)]  # type: ignore[index]
         return [("num", self.field, (self.leaf.op, self.limit), True)]
@@ -316,7 +312,7 @@ class AllNode:
                 return False
         return True
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         """The atoms of one child: the rarest kind (keywords before regexes before values
         before numbers), then the fewest expected hits (``weigh``)."""
         if len(self.children) == 1:
@@ -338,7 +334,7 @@ class AllNode:
             key=lambda o: (max((_RANK[t[0]] for t in o[1]), default=0), sum(map(weigh, o[1]))),
         )
 
-    def residual(self, weigh: Weigh = _each) -> Any:
+    def residual(self, weigh: Weigh) -> Any:
         """What is left to test when the index selected this node's rule through one of its
         ``triggers`` (same ``weigh``): when each of them is sure for the child they come
         from, that child holds, and only the others need a test (an ``all`` of a keyword and
@@ -366,7 +362,7 @@ class AnyNode:
                 return True
         return False
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         out: list[Trigger] = []
         for child in self.children:
             found = child.triggers(weigh)
@@ -387,5 +383,5 @@ class NotNode:
     def test(self, scan: Scan, rec: list[ConditionTrace] | None) -> bool:
         return not self.child.test(scan, rec)
 
-    def triggers(self, weigh: Weigh = _each) -> list[Trigger] | None:
+    def triggers(self, weigh: Weigh) -> list[Trigger] | None:
         return None

@@ -42,7 +42,8 @@ body over ``max_body_bytes``; 415 not ``application/json`` or an unknown charset
 half-accepted: any error means nothing queued.
 
 Outbound, :class:`WebhookSender` (``type: webhook`` output): one JSON ticket notification per
-delivery (see :func:`notification`), with ``Idempotency-Key`` and the same HMAC signature.
+delivery (see :func:`notification`), or with ``format: slack`` a Slack-compatible chat post
+(:func:`chat_post`), with ``Idempotency-Key`` and the same HMAC signature.
 """
 
 from channels.webhook.inbound import WebhookChannel, WebhookConfig, WebhookSourceConfig

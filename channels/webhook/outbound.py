@@ -220,7 +220,7 @@ class WebhookSender:
         self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
 
     async def send(self, delivery: Delivery) -> None:
-        """POST the notification; any 2xx is success.
+        """POST the notification (or the chat post, ``format: slack``); any 2xx is success.
 
         Raises ``TemporaryFailure`` on 408, 429 and 5xx (with ``retry_after_s`` from
         ``Retry-After``), timeouts and connection errors; ``PermanentFailure`` on any other

@@ -52,7 +52,7 @@ from router.queue.redis_scripts import (
 )
 from router.redis import Detached, connect, create_group, detached, unavailable
 
-_BATCH = 1000  # puts per pipeline
+_BATCH = 1000  # puts per flush (one Lua call, one pipeline of the deduplicated ones)
 _POLL_S = 0.5  # longest XREADGROUP block: how often expired leases and due retries are checked
 
 
@@ -132,7 +132,7 @@ class RedisQueue:
         )
 
     async def put(self, message: Message) -> str:
-        """Park the message for the next pipeline; return its id once Redis has it."""
+        """Park the message for the next flush; return its id once Redis has it."""
         if self._closing:
             raise QueueUnavailable("redis queue is closed")
         return await self._puts.submit(message)
@@ -359,23 +359,22 @@ class RedisQueue:
     async def _commit(self, batch: list[Message]) -> list[str | BaseException]:
         """Every waiting put; per put its id (dedupe: the first one's) or the error."""
         results: list[str | BaseException] = [m.id for m in batch]
-        plain = [m.to_json() for m in batch if m.dedupe_key is None]
-        keyed = [(i, m) for i, m in enumerate(batch) if m.dedupe_key is not None]
+        plain = [i for i, m in enumerate(batch) if m.dedupe_key is None]
+        keyed = [(i, m, key) for i, m in enumerate(batch) if (key := m.dedupe_key) is not None]
         if plain:  # one command: if it fails, every plain put of the batch failed
             try:
-                await self._put_many(keys=[self._keys.stream], args=plain)
+                args = [batch[i].to_json() for i in plain]
+                await self._put_many(keys=[self._keys.stream], args=args)
             except Exception as exc:  # handed to each plain put's caller by GroupCommit
-                for i, message in enumerate(batch):
-                    if message.dedupe_key is None:
-                        results[i] = exc
+                for i in plain:
+                    results[i] = exc
         if keyed:  # EVAL, not a Script: in a pipeline that costs a SCRIPT EXISTS round trip
             pipe = self._client.pipeline(transaction=False)
-            for _, message in keyed:
-                dedupe = self._keys.dedupe(message.dedupe_key)  # type: ignore[arg-type]
-                payload, ttl = message.to_json(), self._dedupe_ms
+            for _, message, key in keyed:
+                dedupe, payload, ttl = self._keys.dedupe(key), message.to_json(), self._dedupe_ms
                 pipe.eval(PUT_DEDUPE, 2, self._keys.stream, dedupe, payload, message.id, ttl)
             replies = await pipe.execute(raise_on_error=False)
-            for (i, _), reply in zip(keyed, replies, strict=True):
+            for (i, _, _), reply in zip(keyed, replies, strict=True):
                 results[i] = reply if isinstance(reply, BaseException) else reply.decode()
         return results
 

@@ -8,12 +8,14 @@ and settles. See ``router/queue/__init__.py`` for the contract.
   at once (after ``kill -9`` + restart the message is redelivered immediately). An ``admin``
   opener (the CLI's dead-letter commands beside a running daemon) takes no lock, releases
   nothing and must not ``take``; SQLite's own locking orders its writes with the daemon's.
-- :class:`SqliteFile` owns the one connection: batches that wait for no fsync (claims,
-  settles) run on the event loop, puts, replays and reads on its thread (``router/sqlite.py``).
+- :class:`SqliteFile` owns the one connection: the statements of a group write (puts, claims,
+  settles) run on the event loop; a durable batch's COMMIT (the fsync), replays, prunes and
+  reads run on its thread (``router/sqlite.py``).
 - Group commit (``router/batching.py``): ``put`` parks its message; one flush commits every put
   waiting at that moment in ONE transaction (WAL, ``synchronous=FULL``: really on disk), then
   resolves all their futures. While that fsync runs, the next batch gathers.
-- Only what was promised is fsync'd (``transaction(durable=True)``): puts and replays. Claims
+- Only what was promised is fsync'd (``write(durable=True)``, ``transaction(durable=True)``):
+  puts and replays. Claims
   and settles commit with ``synchronous=NORMAL``: safe against a crash of the process (the
   WAL is written), and made durable by the next FULL commit; a power cut may undo a few, which
   means redelivery (at-least-once; the senders' own idempotency skips targets already
@@ -296,7 +298,8 @@ class SqliteQueue:
         self._changed = asyncio.Event()
 
     async def _claim(self, limit: int) -> tuple[list[Lease], float | None]:
-        """Claim on the thread; if our caller is cancelled meanwhile, give the rows back first."""
+        """Claim in the next group write; if our caller is cancelled meanwhile, give the rows
+        back first."""
         token = secrets.token_hex(8)
         job = asyncio.ensure_future(
             self._db.write(_claim, time.time(), self._lease_s, token, limit)

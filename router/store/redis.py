@@ -101,7 +101,7 @@ class RedisStore:
     async def begin_batch(
         self, decided: Sequence[tuple[Message, dict[str, Any]]]
     ) -> dict[str, set[str]]:
-        """Record every decision and read each message's delivered targets: one pipeline."""
+        """Record every decision and read each message's delivered targets: one script call."""
         if not decided:
             return {}
         records = [

@@ -214,6 +214,14 @@ async def test_kill_9_after_202_delivers_exactly_once_after_restart(tmp_path: Pa
     assert len(maildir_messages(root, "aftersales")) == 1
 
 
+async def sighup_until(proc: subprocess.Popen[bytes], admin_port: int, *, ok: int) -> None:
+    """SIGHUP the daemon, then wait (bounded) until its last reload's success metric is ``ok``."""
+    proc.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(metric, admin_port, RELOAD_OK) != ok:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def test_sigterm_stops_cleanly_and_sighup_keeps_rules_on_error(tmp_path: Path) -> None:
     """SIGHUP with a broken file keeps the old rules; then with a good one, which takes
     effect; SIGTERM exits 0."""
@@ -224,10 +232,7 @@ async def test_sigterm_stops_cleanly_and_sighup_keeps_rules_on_error(tmp_path: P
     async with daemon_process(config, admin_port) as proc:
         assert await asyncio.to_thread(metric, admin_port, RELOAD_OK) == 1
         rules.write_text("version: 1\nrules: [\n")
-        proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(30):
-            while await asyncio.to_thread(metric, admin_port, RELOAD_OK) != 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await sighup_until(proc, admin_port, ok=0)
         status, _ = await asyncio.to_thread(post, web_port, README_MESSAGE)
         assert status == 202
         async with asyncio.timeout(30):
@@ -236,10 +241,7 @@ async def test_sigterm_stops_cleanly_and_sighup_keeps_rules_on_error(tmp_path: P
         edited = good.replace("set: {team: aftersales,", "set: {team: complaints,")
         assert edited != good
         rules.write_text(edited)
-        proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(30):
-            while await asyncio.to_thread(metric, admin_port, RELOAD_OK) != 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await sighup_until(proc, admin_port, ok=1)
         status, _ = await asyncio.to_thread(post, web_port, README_MESSAGE)
         assert status == 202
         async with asyncio.timeout(30):
