@@ -143,7 +143,8 @@ def _as_utf8(body: bytes, charset: str) -> bytes:
     """``body``, declared to be in ``charset``, as UTF-8 (JSON's own encoding, RFC 8259):
     older Chinese web forms send GBK or Big5 and say so. Raises ``_Rejected``."""
     try:
-        codec = codecs.lookup(_SUPERSETS.get(charset.lower(), charset)).name
+        codec = codecs.lookup(charset).name  # the codec's own name: aliases (EUC-CN) too
+        codec = _SUPERSETS.get(codec, codec)
         if codec == "utf-8":
             return body
         return body.decode(codec).encode()
@@ -163,7 +164,7 @@ def _with_lone_surrogates(raw: bytes, exc: ValidationError) -> _Body | None:
     each such half replaced by U+FFFD, which UTF-8 (the queue, Maildir) can hold; else None.
     """
     first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    if first["type"] != "json_invalid" or b"\\u" not in raw.lower():
+    if first["type"] != "json_invalid" or b"\\u" not in raw:  # (JSON's escape is lowercase)
         return None
     try:  # (UTF-8 only, no NaN: as strict as the first parser but for the surrogates)
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)

@@ -298,7 +298,13 @@ async def test_lone_surrogate_with_another_problem_is_still_refused(
 
 @pytest.mark.parametrize(
     ("charset", "encoding"),
-    [("GBK", "gbk"), ("gb2312", "gb18030"), ("Big5", "big5hkscs"), ("utf-8", "utf-8")],
+    [
+        ("GBK", "gbk"),
+        ("gb2312", "gb18030"),
+        ("EUC-CN", "gb18030"),
+        ("Big5", "big5hkscs"),
+        ("utf-8", "utf-8"),
+    ],
 )
 async def test_declared_charset_is_read(
     api: Api, sink: RecordingSink, charset: str, encoding: str
