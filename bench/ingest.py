@@ -57,6 +57,12 @@ sys.path.insert(0, str(REPO))
 from tests.daemon_helpers import README_MESSAGE, write_config  # noqa: E402
 from tests.servers import free_port, redis_server  # noqa: E402
 
+# (b)'s daemon: the example config's dispatcher but with PROCESSES worker processes, each
+# running WORKERS batches of BATCH messages (the README's "More cores" section)
+PROCESSES = int(os.environ.get("BENCH_PROCESSES", 2))
+WORKERS = int(os.environ.get("BENCH_WORKERS", 4))
+BATCH = int(os.environ.get("BENCH_BATCH", 64))
+
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body   = [[%s]]
@@ -90,25 +96,36 @@ def bare_server() -> Iterator[int]:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
+    """User + system CPU seconds so far of a process and its children (worker processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_s(int(child)) for child in children)
 
 
 @contextmanager
 def daemon(
-    workdir: Path, queue: str, workers: int, redis_url: str | None, log: Path | None = None
+    workdir: Path,
+    queue: str,
+    workers: int,
+    redis_url: str | None,
+    log: Path | None = None,
+    processes: int = 0,
 ) -> Iterator[tuple[int, int]]:
     """A daemon on ``workdir`` (state kept between runs on the same one): (port, pid).
-    With ``log``, it logs at info level (JSON lines) to that file."""
+    With ``log``, it logs at info level (JSON lines) to that file. ``processes``: worker
+    processes (``dispatcher.processes``), each with ``workers`` batches of ``BATCH``."""
     port, admin = free_port(), free_port()
+    dispatcher = {"workers": workers, "processes": processes}
+    if processes:
+        dispatcher["batch"] = BATCH
     config = write_config(
         workdir,
         queue=queue,
         redis_url=redis_url,
         webhook_port=port,
         admin_port=admin,
-        dispatcher={"workers": workers},
+        dispatcher=dispatcher,
     )
     out = None
     if log is not None:
@@ -118,12 +135,28 @@ def daemon(
     proc = subprocess.Popen(command, cwd=REPO, stdout=out)
     try:
         wait_port(admin, "/healthz")
+        if processes:  # until every worker process is ready to take
+            wait_workers_ready(admin, processes)
         yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait()
         if out is not None:
             out.close()
+
+
+def wait_workers_ready(admin: int, processes: int) -> None:
+    """Wait (bounded) until /healthz counts ``processes`` worker processes ready."""
+    for _ in range(1000):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz") as resp:
+                document = json.load(resp)
+        except urllib.error.HTTPError as exc:  # 503 until one is ready
+            document = json.load(exc)
+        if document.get("workers", {}).get("ready") == processes:
+            return
+        time.sleep(0.02)
+    raise RuntimeError("the worker processes did not become ready")
 
 
 def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
@@ -211,19 +244,21 @@ def _round(work: Path, redis_url: str, s: int, c: int) -> dict[str, float]:
         out[f"drain:{queue}"] = ingest["ok"] / wall
         out[f"drain:{queue}:ratio"] = out[f"drain:{queue}"] / bare["rps"]
         out[f"drain:{queue}:cpu"] = cpu / ingest["ok"] * 1000
-    with bare_server() as port:
-        bare = wrk(port, s, c)
-    root = work / "e2e" / "state" / "maildir"
-    already = count_files(root)
-    with daemon(work / "e2e", "sqlite", 8, None) as (port, pid):
-        t0, cpu0 = time.monotonic(), cpu_s(pid)
-        e2e = wrk(port, s, c)
-        while count_files(root) < already + e2e["ok"]:
-            time.sleep(0.02)
-        out["e2e"] = e2e["ok"] / (time.monotonic() - t0)
-        out["e2e:cpu"] = (cpu_s(pid) - cpu0) / e2e["ok"] * 1000
-    out["bare:e2e"] = bare["rps"]
-    out["e2e:ratio"] = out["e2e"] / bare["rps"]
+    for key, processes in (("e2e", PROCESSES), ("e2e1", 0)):
+        with bare_server() as port:
+            bare = wrk(port, s, c)
+        root = work / key / "state" / "maildir"
+        already = count_files(root)
+        workers = WORKERS if processes else 8
+        with daemon(work / key, "sqlite", workers, None, processes=processes) as (port, pid):
+            t0, cpu0 = time.monotonic(), cpu_s(pid)
+            e2e = wrk(port, s, c)
+            while count_files(root) < already + e2e["ok"]:
+                time.sleep(0.02)
+            out[key] = e2e["ok"] / (time.monotonic() - t0)
+            out[f"{key}:cpu"] = (cpu_s(pid) - cpu0) / e2e["ok"] * 1000
+        out[f"bare:{key}"] = bare["rps"]
+        out[f"{key}:ratio"] = out[key] / bare["rps"]
     return out
 
 
@@ -274,9 +309,12 @@ def report(rounds: list[dict[str, float]], lat: list[float], bare_lat: list[floa
         errors = sum(r[f"{key}:errors"] for r in rounds)
         print(f"{line:<44}{med(key):>9.0f}{med(key + ':ratio'):>7.2f}{spread(key + ':ratio'):>12}"
               f"{target:>8.2f}" + (f"  ({errors:.0f} non-2xx)" if errors else ""))  # fmt: skip
-    line = "(b) end to end webhook→queue→rules→Maildir"
+    line = f"(b) end to end, {PROCESSES} worker processes"
     print(f"{line:<44}{med('e2e'):>9.0f}{med('e2e:ratio'):>7.2f}{spread('e2e:ratio'):>12}"
           f"{0.25:>8.2f}  ({med('e2e:cpu'):.3f} ms CPU/msg)")  # fmt: skip
+    line = "    end to end, one process (processes: 0)"
+    print(f"{line:<44}{med('e2e1'):>9.0f}{med('e2e1:ratio'):>7.2f}{spread('e2e1:ratio'):>12}"
+          f"{'':>8}  ({med('e2e1:cpu'):.3f} ms CPU/msg)")  # fmt: skip
     for queue in ("sqlite", "redis"):
         key = f"drain:{queue}"
         line = f"    delivery alone, {queue} (queue pre-filled)"

@@ -400,6 +400,8 @@ def _resolve_job(chunk: list[_Pending], job: asyncio.Future[list[_Result]]) -> N
 class MaildirSender:
     """Writes each delivery into ``<path>/<team>/`` as one mail, at most once per key."""
 
+    owns_loop = False  # True in a worker process: no ingest to keep the loop free for
+
     def __init__(self, name: str, config: MaildirConfig) -> None:
         self.name = name
         self.config = config
@@ -453,13 +455,15 @@ class MaildirSender:
         A chunk of first attempts to existing team folders, with ``sync: filesystem``, is
         written on the loop and only its syncs go to a thread (``_deliver_on_loop``); any
         other chunk goes to a thread whole (``_deliver_many``), and so does every chunk for
-        ``_SLOW_FOR_S`` after one took the loop more than ``_SLOW_CHUNK_S`` to write.
+        ``_SLOW_FOR_S`` after one took the loop more than ``_SLOW_CHUNK_S`` to write — unless
+        the loop is ours alone (``owns_loop``, a worker process): a thread job's GIL handoffs
+        cost more CPU than the wait, and nothing else needs the loop meanwhile.
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
         size = max(1, min(_CHUNK, -(-len(pending) // _THREADS)))
-        on_loop = not self._per_file and self._clock() >= self._threads_until
+        on_loop = not self._per_file and (self.owns_loop or self._clock() >= self._threads_until)
         for start in range(0, len(pending), size):
             chunk = pending[start : start + size]
             if not on_loop or not all(
@@ -533,7 +537,7 @@ class MaildirSender:
     def _slow(self, spent: float, mails: int) -> None:
         """After a chunk held the loop ``spent`` seconds: past ``_SLOW_CHUNK_S``, chunks go
         to the threads for ``_SLOW_FOR_S``."""
-        if spent > _SLOW_CHUNK_S:
+        if spent > _SLOW_CHUNK_S and not self.owns_loop:
             self._threads_until = self._clock() + _SLOW_FOR_S
             log.warning(
                 "maildir.slow_disk",

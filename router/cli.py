@@ -52,15 +52,50 @@ def cli() -> None:
 @config_option
 def run(config_path: Path) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (SIGHUP reloads the rules)."""
-    from router.daemon import Daemon
+    cfg = config_mod.load(config_path)
+    if cfg.dispatcher.processes:  # before any metric exists: every process writes its own file
+        from router.workers import prepare_metrics
 
-    cfg, ruleset = _load(config_path)
+        prepare_metrics(cfg.state_dir)
+    from router.daemon import Daemon, load_rules
+
+    ruleset = load_rules(cfg)
     logs.setup(cfg.log.level, fmt=cfg.log.format)
     for warning in ruleset.warnings:
         click.echo(warning.render(), err=True)
 
     async def serve() -> None:
         daemon = Daemon(cfg, ruleset)
+        daemon.install_signal_handlers()
+        await daemon.serve()
+
+    asyncio.run(serve())
+
+
+@cli.command(hidden=True)
+@config_option
+@click.option("--index", type=int, required=True, help="This worker's number.")
+@click.option("--wake-fd", type=int, required=True, help="Its end of the daemon's socket pair.")
+@click.option("--lock-fd", type=int, required=True, help="The daemon's state lock.")
+def worker(config_path: Path, index: int, wake_fd: int, lock_fd: int) -> None:
+    """One delivery process of ``triaged run`` (``dispatcher.processes``): started by the
+    daemon with its two descriptors, never by hand."""
+    from router.daemon import Daemon
+    from router.workers import Seat
+
+    for fd in (wake_fd, lock_fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise click.UsageError(
+                f"descriptor {fd} is not open: `triaged worker` is started by `triaged run`"
+            ) from None
+    cfg, ruleset = _load(config_path)
+    seat = Seat(index=index, wake_fd=wake_fd, lock_fd=lock_fd)
+    logs.setup(cfg.log.level, fmt=cfg.log.format, process=seat.name)
+
+    async def serve() -> None:
+        daemon = Daemon(cfg, ruleset, seat=seat)
         daemon.install_signal_handlers()
         await daemon.serve()
 

@@ -83,7 +83,18 @@ class RetryConfig(_Strict):
 class DispatcherConfig(_Strict):
     """The workers that take messages, apply the rules and deliver."""
 
-    workers: int = Field(8, ge=0, le=256, description="concurrent batches; 0: queue only")
+    workers: int = Field(
+        8, ge=0, le=256, description="concurrent batches (per process); 0: queue only"
+    )
+    processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "worker processes that deliver; 0: the daemon's own process delivers. With N, "
+            "the daemon process only receives and N others take, decide and deliver"
+        ),
+    )
     batch: int = Field(
         16, ge=1, le=256, description="messages a worker takes at once; workers x batch in flight"
     )

@@ -8,6 +8,7 @@ and call ``stop()``/``reload()`` directly.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from router.interfaces import Inbound, Sender
 from router.queue import Queue, open_queue
 from router.secrets import SecretRef
 from router.store import Store, open_store
+from router.workers import METRICS_ENV, Seat, WorkerPool, take_state_lock, watch_daemon
 from rules.loader import RuleFileError, RuleSet, digest_files, load_file
 from rules.source import Problem
 
@@ -42,11 +44,19 @@ def load_rules(config: Config) -> RuleSet:
 
 
 class Daemon:
-    """One triaged process. Build with a config and its already-validated ruleset."""
+    """One triaged process. Build with a config and its already-validated ruleset.
 
-    def __init__(self, config: Config, ruleset: RuleSet) -> None:
+    Three roles: the whole pipeline in one process (``dispatcher.processes: 0``); with
+    ``processes: N``, the daemon process that receives and starts N workers
+    (``router/workers.py``); and, given a ``seat``, one of those workers: no inputs, no admin
+    listener, no systemd notification; it takes, decides and delivers.
+    """
+
+    def __init__(self, config: Config, ruleset: RuleSet, *, seat: Seat | None = None) -> None:
         self.config = config
         self.ruleset = ruleset
+        self.seat = seat
+        self.pool: WorkerPool | None = None
         self.started = asyncio.Event()
         self.inputs: dict[str, Inbound] = {}
         self.admin: AdminServer | None = None
@@ -71,20 +81,26 @@ class Daemon:
         they started with: the dispatcher reads ``self.ruleset`` once per message.
         """
         async with self._reload_lock:
-            systemd.reloading()
+            owner = self.seat is None  # a worker leaves the notices and metrics to the daemon
+            if owner:
+                systemd.reloading()
             try:
                 new = await asyncio.to_thread(load_rules, self.config)
             except RuleFileError as exc:
                 errors = [p for p in exc.problems if p.severity == "error"]
                 for problem in errors:
                     log.error("rules.reload_failed", trigger=trigger, problem=str(problem))
-                metrics.rules_last_reload_successful.set(0)
-                metrics.rules_reloads.labels(trigger, "failed").inc()
-                systemd.ready(self._status_line())
+                if owner:
+                    metrics.rules_last_reload_successful.set(0)
+                    metrics.rules_reloads.labels(trigger, "failed").inc()
+                    systemd.ready(self._status_line())
                 return errors
             old, self.ruleset = self.ruleset, new
-            self._rules_loaded()
-            metrics.rules_reloads.labels(trigger, "ok").inc()
+            if self.pool is not None:
+                self.pool.reload()
+            if owner:
+                self._rules_loaded()
+                metrics.rules_reloads.labels(trigger, "ok").inc()
             log.info(
                 "rules.reloaded",
                 trigger=trigger,
@@ -93,7 +109,8 @@ class Daemon:
                 rules=len(new.rule_ids),
                 warnings=len(new.warnings),
             )
-            systemd.ready(self._status_line())
+            if owner:
+                systemd.ready(self._status_line())
             return []
 
     async def _watch_rules(self, interval_s: float) -> None:
@@ -137,30 +154,48 @@ class Daemon:
     async def serve(self) -> None:
         """Run until ``stop()``; raises ``OSError`` and friends when start-up fails."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        processes = self.config.dispatcher.processes if self.seat is None else 0
         async with AsyncExitStack() as stack:
-            queue, store = await self._open_state(stack)
-            senders = await self._open_senders(stack)
+            lock_fd = None
+            if processes:
+                wait_s = self.config.dispatcher.stop_timeout + 10
+                lock_fd = await take_state_lock(self.config.state_dir, wait_s)
+                stack.callback(os.close, lock_fd)
+            queue, store = await self._open_state(stack, deliver=not processes)
+            senders = {} if processes else await self._open_senders(stack)
             async with asyncio.TaskGroup() as tg:
+                if lock_fd is not None:
+                    self.pool = WorkerPool(self.config, lock_fd)
                 await self._startup(tg, queue, store, senders)
                 await self._stop.wait()
                 await self._shutdown()
 
-    async def _open_state(self, stack: AsyncExitStack) -> tuple[Queue, Store]:
+    async def _open_state(
+        self, stack: AsyncExitStack, *, deliver: bool
+    ) -> tuple[Queue, Store | None]:
+        """The queue, and the store when this process delivers (only the dispatcher uses it)."""
         q = self.config.queue
         url = redis_url(self.config)
+        shared = self.seat is not None
+        consumer = self.config.instance
+        if self.seat is not None:  # each worker process reads as a consumer of its own
+            consumer = f"{consumer}.{self.seat.name}"
         queue = await open_queue(
             q.type,
             state_dir=self.config.state_dir,
             redis_url=url,
-            consumer=self.config.instance,
+            consumer=consumer,
             lease_s=q.lease,
             max_attempts=q.max_attempts,
             prefix=q.prefix,
             dedupe_window_s=q.dedupe_window,
+            shared=shared,
         )
         stack.push_async_callback(queue.close)
+        if not deliver:
+            return queue, None
         store = await open_store(
-            q.type, state_dir=self.config.state_dir, redis_url=url, prefix=q.prefix
+            q.type, state_dir=self.config.state_dir, redis_url=url, prefix=q.prefix, shared=shared
         )
         stack.push_async_callback(store.close)
         return queue, store
@@ -170,17 +205,19 @@ class Daemon:
         for name, cfg in self.config.outputs.items():
             cls = registry.import_string(registry.OUTPUTS[cfg.type].component)
             sender: Sender = cls(name, cfg)
+            sender.owns_loop = self.seat is not None
             await sender.start()
             stack.push_async_callback(sender.close)
             senders[name] = sender
         return senders
 
     async def _startup(
-        self, tg: asyncio.TaskGroup, queue: Queue, store: Store, senders: dict[str, Sender]
+        self, tg: asyncio.TaskGroup, queue: Queue, store: Store | None, senders: dict[str, Sender]
     ) -> None:
         self._queue = queue
-        self._rules_loaded()
-        if self.config.admin.listen:
+        if self.seat is None:
+            self._rules_loaded()
+        if self.config.admin.listen and self.seat is None:
             token = self.config.admin.token
             self.admin = AdminServer(
                 self.config.admin.listen,
@@ -190,15 +227,26 @@ class Daemon:
                 token=token.resolve() if token else None,
             )
             await self.admin.start()
-        self._dispatcher = Dispatcher(
-            queue,
-            store,
-            senders,
-            self.rules,
-            self.config.dispatcher,
-            max_attempts=self.config.queue.max_attempts,
-        )
-        self._dispatcher.start(tg)
+        if store is not None:
+            self._dispatcher = Dispatcher(
+                queue,
+                store,
+                senders,
+                self.rules,
+                self.config.dispatcher,
+                max_attempts=self.config.queue.max_attempts,
+            )
+            self._dispatcher.start(tg)
+        if self.seat is not None:
+            watch_daemon(self.seat, queue.wake, self._daemon_gone)
+            log.info("worker.serving", rules=len(self.ruleset.rule_ids))
+            self.started.set()
+            return
+        if self.pool is not None:
+            if METRICS_ENV not in os.environ:
+                log.warning("metrics.workers_not_collected", reason=f"{METRICS_ENV} is not set")
+            await self.pool.start(tg)
+            queue.on_put(self.pool.wake)
         for name, cfg in self.config.inputs.items():
             cls = registry.import_string(registry.INPUTS[cfg.type].component)
             channel: Inbound = cls(name, cfg)
@@ -213,19 +261,31 @@ class Daemon:
             outputs={n: c.type for n, c in self.config.outputs.items()},
             queue=self.config.queue.type,
             workers=self.config.dispatcher.workers,
+            processes=self.config.dispatcher.processes,
             rules=len(self.ruleset.rule_ids),
         )
         systemd.ready(self._status_line())
         self.started.set()
 
+    def _daemon_gone(self) -> None:
+        log.warning("worker.daemon_gone")
+        self.stop()
+
     async def _shutdown(self) -> None:
         self._stopping = True
+        if self.seat is not None:
+            if self._dispatcher is not None:
+                await self._dispatcher.stop()
+            log.info("worker.stopped", **self._dispatcher.settled if self._dispatcher else {})
+            return
         systemd.stopping("stopping: draining in-flight messages")
         # (1) stop accepting: inputs answer 503/421 and finish their in-flight puts.
         await asyncio.gather(*(ch.stop() for ch in self.inputs.values()), return_exceptions=True)
         # (2) workers stop taking and finish what they hold, within the stop timeout.
         if self._dispatcher is not None:
             await self._dispatcher.stop()
+        if self.pool is not None:
+            await self.pool.stop()
         # (3) the operator's listener and our own loops go last.
         if self.admin is not None:
             await self.admin.stop()
@@ -246,12 +306,17 @@ class Daemon:
         except Exception as exc:
             queue = {"status": "unavailable", "error": str(exc)}
         ok = queue["status"] == "ok" and not self._stopping and self.started.is_set()
-        return {
-            "status": "ok" if ok else "unavailable",
+        document = {
+            "status": "ok",
             "queue": queue,
             "inputs": sorted(self.inputs),
             "rules": {"hash": self.ruleset.hash, "rules": len(self.ruleset.rule_ids)},
         }
+        if self.pool is not None:  # none ready to deliver is unavailable; some: in the detail
+            document["workers"] = workers = self.pool.status()
+            ok = ok and workers["ready"] > 0
+        document["status"] = "ok" if ok else "unavailable"
+        return document
 
     def _rules_loaded(self) -> None:
         metrics.rules_last_reload_successful.set(1)

@@ -75,7 +75,7 @@ class AdminServer:
         else:
             for state in ("ready", "leased", "delayed", "dead"):
                 metrics.queue_messages.labels(state).set(getattr(stats, state))
-        body = generate_latest(metrics.REGISTRY)
+        body = generate_latest(metrics.collected())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _authorized(self, request: web.Request) -> bool:

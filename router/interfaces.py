@@ -67,6 +67,10 @@ class Sender(Protocol):
     """An outbound sender (maildir, webhook, email_out, telegram, chat_out)."""
 
     name: str
+    # Set by the daemon before ``start``: True in a worker process (``dispatcher.processes``),
+    # where no input shares the event loop, so a sender may let a slow disk hold the loop
+    # instead of handing work to threads to keep it free for ingest.
+    owns_loop: bool
 
     async def start(self) -> None:
         """Open what the sender needs (directories, HTTP session). Raise on a bad setup."""

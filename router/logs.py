@@ -75,6 +75,14 @@ def redact(
     return event
 
 
+def _labelled(process: str) -> structlog.types.Processor:
+    def label(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Any:
+        event.setdefault("process", process)
+        return event
+
+    return label
+
+
 def _syslog_prefix(
     _logger: object, name: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -100,8 +108,9 @@ def under_journald() -> bool:
     return stream == f"{stat.st_dev}:{stat.st_ino}"
 
 
-def setup(level: str = "info", *, fmt: str = "auto") -> None:
-    """Configure structlog and stdlib logging. ``fmt``: auto, console or json."""
+def setup(level: str = "info", *, fmt: str = "auto", process: str | None = None) -> None:
+    """Configure structlog and stdlib logging. ``fmt``: auto, console or json. ``process``:
+    a worker process's name (``worker-1``), put on each of its lines as ``process``."""
     journald = under_journald()
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty() and not journald)
     shared: list[structlog.types.Processor] = [
@@ -109,6 +118,8 @@ def setup(level: str = "info", *, fmt: str = "auto") -> None:
         structlog.processors.add_log_level,
         redact,
     ]
+    if process is not None:
+        shared.insert(0, _labelled(process))
     if not journald:
         shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     renderer: structlog.types.Processor

@@ -7,10 +7,22 @@ name, ``team`` a team id from the rules. Served on the admin listener at ``/metr
 from __future__ import annotations
 
 import functools
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def collected() -> CollectorRegistry:
+    """What ``/metrics`` serves: this process's metrics, or with worker processes
+    (``PROMETHEUS_MULTIPROC_DIR`` set by ``triaged run``, see ``router/workers.py``) the sum
+    of every process's files. Gauges are set by the daemon process alone."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 @functools.lru_cache(maxsize=4096)
@@ -67,11 +79,13 @@ queue_messages = Gauge(
     "Messages in the queue by state (ready, leased, delayed, dead).",
     ["state"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 rules_last_reload_successful = Gauge(
     "triaged_rules_last_reload_successful",
     "1 if the last rules load succeeded, 0 if it failed (the old rules stay in force).",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 rules_reloads = Counter(
     "triaged_rules_reloads_total",
@@ -83,4 +97,5 @@ rules_last_reload_timestamp = Gauge(
     "triaged_rules_last_reload_success_timestamp_seconds",
     "Unix time of the last successful rules load.",
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )

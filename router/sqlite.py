@@ -71,7 +71,7 @@ class SqliteFile:
     ) -> SqliteFile:
         """Lock ``path`` (``StateLocked`` if held), connect in WAL + FULL, create the schema."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = cls(path, _lock(path.with_name(path.name + ".lock")) if lock else None)
+        db = cls(path, lock_file(path.with_name(path.name + ".lock")) if lock else None)
         try:
             await db.run(db._connect, schema, version)
         except BaseException:
@@ -229,13 +229,17 @@ class SqliteFile:
             raise TriagedError(f"{self.path} has schema {current}, newer than this triaged's")
         if current == 0:
             with transaction(conn, durable=True):
-                for statement in schema:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={int(version)}")
+                # read again under the write lock: a worker process may have just made it
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    for statement in schema:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={int(version)}")
         self._conn = conn
 
 
-def _lock(lock_path: Path) -> int:
+def lock_file(lock_path: Path) -> int:
+    """Take an exclusive ``flock`` on ``lock_path`` (created) and write our pid in it; the
+    descriptor holds it (closing every copy releases it). ``StateLocked`` if held."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

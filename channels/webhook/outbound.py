@@ -185,6 +185,8 @@ class WebhookSender:
     """POSTs one JSON body per delivery: the ticket notification (:func:`notification`), or
     with ``format: slack`` a chat post (:func:`chat_post`)."""
 
+    owns_loop = False  # nothing here blocks the loop either way
+
     def __init__(self, name: str, config: WebhookOutConfig) -> None:
         self.name = name
         self.config = config

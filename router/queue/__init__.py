@@ -24,7 +24,7 @@ Semantics shared by both:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +103,14 @@ class Queue(Protocol):
     async def stats(self) -> QueueStats:
         """Current counts."""
 
+    def on_put(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each batch of puts is committed, so that worker processes
+        can be told (their :meth:`wake`). A backend whose takers wait on the server itself
+        (Redis: ``XREADGROUP BLOCK``) need not call it."""
+
+    def wake(self) -> None:
+        """Another process put messages: waiting takers look again now (or a no-op)."""
+
     async def close(self) -> None:
         """Flush pending puts, release resources. Idempotent."""
 
@@ -121,12 +129,14 @@ async def open_queue(
     prefix: str = "triaged:",
     dedupe_window_s: float = 86400.0,
     admin: bool = False,
+    shared: bool = False,
 ) -> Queue:
     """Open the configured backend (imported lazily so sqlite users need no Redis server).
 
     ``admin``: for operator commands (dead letters, stats) beside a running daemon, never
     ``take``. SQLite then takes no lock and releases no lease; Redis needs nothing special
-    (``consumer`` names the admin, who never reads).
+    (``consumer`` names the admin, who never reads). ``shared``: in a worker process of the
+    daemon (``dispatcher.processes``); SQLite then takes no lock and releases no lease.
     """
     if kind == "sqlite":
         from router.queue.sqlite import SqliteQueue
@@ -137,6 +147,7 @@ async def open_queue(
             max_attempts=max_attempts,
             dedupe_window_s=dedupe_window_s,
             admin=admin,
+            shared=shared,
         )
     if redis_url is None:
         raise ValueError("the redis queue needs a redis url")

@@ -29,7 +29,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -154,6 +154,12 @@ class RedisQueue:
                 raise
             if leases:
                 return leases
+
+    def on_put(self, callback: Callable[[], None]) -> None:
+        """Never called: takers wait in ``XREADGROUP BLOCK``, which a put in any process ends."""
+
+    def wake(self) -> None:
+        """Nothing to do: see :meth:`on_put`."""
 
     async def ack(self, lease: Lease) -> None:
         """Acknowledge and delete the entry."""

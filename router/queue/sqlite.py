@@ -8,6 +8,9 @@ and settles. See ``router/queue/__init__.py`` for the contract.
   at once (after ``kill -9`` + restart the message is redelivered immediately). An ``admin``
   opener (the CLI's dead-letter commands beside a running daemon) takes no lock, releases
   nothing and must not ``take``; SQLite's own locking orders its writes with the daemon's.
+  The daemon's worker processes (``dispatcher.processes``, ``router/workers.py``) open it
+  ``shared``: no lock, no lease released, ``take`` as usual; the daemon opens it (releasing
+  leases) before it starts them, and its ``on_put`` callbacks wake them.
 - :class:`SqliteFile` owns the one connection: the statements of a group write (puts, claims,
   settles) run on the event loop; a durable batch's COMMIT (the fsync), replays, prunes and
   reads run on its thread (``router/sqlite.py``).
@@ -34,7 +37,7 @@ import contextlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -173,6 +176,7 @@ class SqliteQueue:
         )
         self._changed = asyncio.Event()  # replaced on every change: a waiter keeps its own
         self._undo: set[asyncio.Task[None]] = set()
+        self._put_listeners: list[Callable[[], None]] = []
         self._batches = 0
         self._closing = False
 
@@ -185,14 +189,18 @@ class SqliteQueue:
         max_attempts: int,
         dedupe_window_s: float = 86400.0,
         admin: bool = False,
+        shared: bool = False,
     ) -> SqliteQueue:
         """Open (creating) the queue file; release every lease a previous process left.
 
         ``admin``: beside a running daemon, for dead-letter commands and stats: no lock, no
-        lease released, no ``take``.
+        lease released, no ``take``. ``shared``: in a worker process of the daemon that owns
+        the file (``dispatcher.processes``): no lock and no lease released (the other workers
+        hold theirs), but ``take`` as usual; puts of the daemon process come to its notice
+        by :meth:`wake`.
         """
-        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not admin)
-        if not admin:
+        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not (admin or shared))
+        if not (admin or shared):
             try:
                 await db.write(
                     execute,
@@ -279,6 +287,14 @@ class SqliteQueue:
         self._notify()
         return count
 
+    def on_put(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after each batch of puts is committed (to wake worker processes)."""
+        self._put_listeners.append(callback)
+
+    def wake(self) -> None:
+        """Another process put messages: waiting takers look again now."""
+        self._notify()
+
     async def stats(self) -> QueueStats:
         """Counts; expired but not yet retaken leases count as leased."""
         ready, leased, delayed, dead = await self._db.run(_stats, time.time())
@@ -342,4 +358,6 @@ class SqliteQueue:
             await self._db.run(_prune_dedupe, now)
         ids = await self._db.write(_insert, batch, now, self._dedupe_window_s, durable=True)
         self._notify()
+        for callback in self._put_listeners:
+            callback()
         return ids

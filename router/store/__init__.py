@@ -79,10 +79,12 @@ async def open_store(
     retention_s: float = RETENTION_S,
     max_recent: int = MAX_RECENT,
     admin: bool = False,
+    shared: bool = False,
 ) -> Store:
     """Open the configured backend (imported lazily so sqlite users need no Redis server).
 
     ``admin``: for operator commands beside a running daemon (SQLite: no lock, no pruning).
+    ``shared``: in a worker process of the daemon (SQLite: no lock).
     """
     if kind == "sqlite":
         from router.store.sqlite import SqliteStore
@@ -92,6 +94,7 @@ async def open_store(
             retention_s=retention_s,
             max_recent=max_recent,
             admin=admin,
+            shared=shared,
         )
     if redis_url is None:
         raise ValueError("the redis store needs a redis url")

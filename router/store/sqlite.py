@@ -58,14 +58,22 @@ class SqliteStore:
 
     @classmethod
     async def open(
-        cls, path: Path | str, *, retention_s: float, max_recent: int, admin: bool = False
+        cls,
+        path: Path | str,
+        *,
+        retention_s: float,
+        max_recent: int,
+        admin: bool = False,
+        shared: bool = False,
     ) -> SqliteStore:
         """Open (creating) the file; ``StateLocked`` if another process holds it.
 
         ``admin``: beside a running daemon, for operator commands that read decisions
-        (``rules explain``, ``rules diff``): no lock taken, nothing pruned.
+        (``rules explain``, ``rules diff``): no lock taken, nothing pruned. ``shared``: in a
+        worker process of the daemon (``dispatcher.processes``): no lock taken (SQLite's own
+        locking orders the workers' writes).
         """
-        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not admin)
+        db = await SqliteFile.open(Path(path), _SCHEMA, _SCHEMA_VERSION, lock=not (admin or shared))
         store = cls(db, retention_s=retention_s, max_recent=max_recent)
         if admin:
             return store
