@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -165,6 +166,32 @@ async def _serve(target: HeldWebhook) -> web.AppRunner:
     return runner
 
 
+async def config_with_hook(
+    tmp_path: Path, runner: web.AppRunner, **config: Any
+) -> tuple[Path, int, int]:
+    """Serve ``runner`` (a held webhook) on a free port and write a daemon config whose
+    aftersales team has two targets, the Maildir and that webhook: (config, web, admin port)."""
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    rules = tmp_path / "two-targets.yaml"
+    team = "  aftersales:\n    description: Returns, refunds, repairs\n"
+    rules.write_text(
+        EXAMPLE_RULES.read_text().replace(
+            team + "    inbox: [maildir]", team + "    inbox: [maildir, hook]"
+        )
+    )
+    web_port, admin_port = free_port(), free_port()
+    outputs = {
+        "maildir": {"type": "maildir", "path": "maildir"},
+        "hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook", "timeout_s": 60},
+    }
+    path = write_config(
+        tmp_path, webhook_port=web_port, admin_port=admin_port, outputs=outputs, rules=rules,
+        **config,
+    )  # fmt: skip
+    return path, web_port, admin_port
+
+
 async def test_kill_9_after_202_delivers_exactly_once_after_restart(tmp_path: Path) -> None:
     """Steps:
     1. The team has two targets: the Maildir and a webhook that holds every request.
@@ -176,22 +203,7 @@ async def test_kill_9_after_202_delivers_exactly_once_after_restart(tmp_path: Pa
     """
     target = HeldWebhook()
     runner = await _serve(target)
-    hook_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
-    rules = tmp_path / "two-targets.yaml"
-    example = EXAMPLE_RULES.read_text()
-    team = "  aftersales:\n    description: Returns, refunds, repairs\n"
-    rules.write_text(
-        example.replace(team + "    inbox: [maildir]", team + "    inbox: [maildir, hook]")
-    )
-    web_port, admin_port = free_port(), free_port()
-    outputs = {
-        "maildir": {"type": "maildir", "path": "maildir"},
-        "hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook", "timeout_s": 60},
-    }
-    config = write_config(
-        tmp_path, webhook_port=web_port, admin_port=admin_port, outputs=outputs, rules=rules
-    )
+    config, web_port, admin_port = await config_with_hook(tmp_path, runner)
     root = tmp_path / "state" / "maildir"
     try:
         async with daemon_process(config, admin_port) as proc:

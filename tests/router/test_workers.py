@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.daemon_helpers import EXAMPLE_RULES, README_MESSAGE, maildir_messages, write_config
-from tests.router.test_cli import HeldWebhook, _serve, daemon_process, metric, post
+from tests.daemon_helpers import README_MESSAGE, maildir_messages, write_config
+from tests.router.test_cli import (
+    HeldWebhook,
+    _serve,
+    config_with_hook,
+    daemon_process,
+    metric,
+    post,
+)
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -116,28 +122,8 @@ async def test_a_killed_worker_is_restarted_and_its_message_delivered_once(
     webhook gets it a second time with the same Idempotency-Key, the Maildir keeps one file."""
     target = HeldWebhook()
     runner = await _serve(target)
-    hook_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
-    rules = tmp_path / "two-targets.yaml"
-    team = "  aftersales:\n    description: Returns, refunds, repairs\n"
-    rules.write_text(
-        EXAMPLE_RULES.read_text().replace(
-            team + "    inbox: [maildir]", team + "    inbox: [maildir, hook]"
-        )
-    )
-    web_port, admin_port = free_port(), free_port()
-    outputs = {
-        "maildir": {"type": "maildir", "path": "maildir"},
-        "hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook", "timeout_s": 60},
-    }
-    config = write_config(
-        tmp_path,
-        webhook_port=web_port,
-        admin_port=admin_port,
-        outputs=outputs,
-        rules=rules,
-        dispatcher=DISPATCHER,
-        lease="2s",
+    config, web_port, admin_port = await config_with_hook(
+        tmp_path, runner, dispatcher=DISPATCHER, lease="2s"
     )
     root = tmp_path / "state" / "maildir"
     try:
@@ -171,8 +157,8 @@ async def test_a_killed_worker_is_restarted_and_its_message_delivered_once(
 async def test_kill_9_of_the_daemon_stops_its_workers_and_a_restart_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    """kill -9 of the daemon process right after the 202s: its workers see the wake-up pipe
-    close, finish what they hold and exit; the restarted daemon delivers the rest. Every
+    """kill -9 of the daemon process right after the 202s: its workers see their end of the
+    socket pair close, finish what they hold and exit; the restarted daemon delivers the rest. Every
     message is in the Maildir exactly once."""
     web_port, admin_port = free_port(), free_port()
     config = write_config(
